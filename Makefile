@@ -1,0 +1,40 @@
+# ens_distill: the two commands of the README are `make demo` (main job) and `make test` (tests).
+# Both create or reuse .venv and install the pinned dependencies first (idempotent).
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ens_distill-installed
+PRESET ?= demo
+METHOD ?= independent
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export PYTHONHASHSEED := 0
+comma := ,
+# jemalloc (Debian libjemalloc2) makes large packed intermediates cheap to reallocate; used when present
+JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
+RUNENV := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=retain:true$(comma)dirty_decay_ms:-1$(comma)muzzy_decay_ms:-1,)
+
+.PHONY: setup demo test export clean-cache bench
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt constraints.txt settings.ini setup.py
+	bash scripts/setup.sh $(PY) $(VENV)
+	touch $(STAMP)
+
+demo: setup
+	$(RUNENV) $(BIN)/ens-distill-prepare --preset $(PRESET)
+
+test: setup
+	bash scripts/check_export.sh $(BIN)
+	$(RUNENV) $(BIN)/nbdev_test --n_workers 2 --timing
+	$(RUNENV) $(BIN)/pytest -q tests
+
+export: setup
+	$(BIN)/nbdev_export
+
+bench: setup
+	$(RUNENV) $(BIN)/python benchmarks/teacher_cache.py
