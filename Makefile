@@ -17,7 +17,7 @@ comma := ,
 JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
 RUNENV := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=retain:true$(comma)dirty_decay_ms:-1$(comma)muzzy_decay_ms:-1,)
 
-.PHONY: setup demo test export clean-cache bench
+.PHONY: setup demo prepare test export bench
 
 setup: $(STAMP)
 
@@ -26,6 +26,10 @@ $(STAMP): requirements.txt constraints.txt settings.ini setup.py
 	touch $(STAMP)
 
 demo: setup
+	mkdir -p reports/runs
+	$(RUNENV) $(BIN)/papermill nbs/run_method.ipynb reports/runs/$(METHOD)-$(PRESET).ipynb -k python3 -p method $(METHOD) -p preset $(PRESET)
+
+prepare: setup
 	$(RUNENV) $(BIN)/ens-distill-prepare --preset $(PRESET)
 
 test: setup

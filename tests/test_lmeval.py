@@ -1,0 +1,178 @@
+"lm-eval bridge: local tasks, the ens_distill model, the entry point (nbs/65_lmeval.ipynb)."
+import os
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+from ens_distill.core import EnsDistillError
+from ens_distill.lmeval import *
+from ens_distill.packed import PackedEnsemble
+from ens_distill.teacher import tiny_teacher
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+slow = pytest.mark.skipif(not os.environ.get('ENS_DISTILL_SLOW'), reason='slow: set ENS_DISTILL_SLOW=1')
+PAIRS = [("Once upon a time", " there was a fox"), ("The king ", "had three daughters."), ("", "Hello world"),
+         ("Question: What is 2 + 3?\nAnswer:", " 5")]
+
+
+@pytest.fixture(scope='module')
+def run_dir(tmp_path_factory):
+    "A run dir with 3 identical tiny members, plus a different tiny model in other/."
+    d = tmp_path_factory.mktemp('run')
+    m, tok = tiny_teacher(seed=0)
+    for i in range(3): m.save_pretrained(d/f'members/member_{i}'); tok.save_pretrained(d/f'members/member_{i}')
+    o, _ = tiny_teacher(seed=1)
+    o.save_pretrained(d/'other'); tok.save_pretrained(d/'other')
+    return d
+
+
+def reqs(kind, args): return [Instance(request_type=kind, doc={}, arguments=a, idx=0) for a in args]
+
+
+def brute(models, tok, ctx, cont, rule='mean'):
+    "Continuation log-likelihood of the combined distribution, computed directly with full forwards."
+    n = len(ctx) - len(ctx.rstrip())                                         # lm-eval moves trailing spaces to the continuation
+    if n: ctx, cont = ctx[:-n], ctx[-n:] + cont
+    c = tok.encode(ctx) if ctx else [tok.bos_token_id]
+    w = tok.encode(ctx + cont)[len(c):] if ctx else tok.encode(cont)
+    ids = torch.tensor([c + w])
+    with torch.no_grad(): lp = torch.stack([m(ids).logits[0, :-1].log_softmax(-1) for m in models])   # [K,T,V]
+    comb = lp.exp().mean(0).log() if rule == 'mean' else lp.mean(0).log_softmax(-1)
+    return comb[torch.arange(len(c) - 1, len(c) + len(w) - 1), torch.tensor(w)].sum().item()
+
+
+# ---- local tasks ----------------------------------------------------------------------------------------------
+def test_every_local_task_loads_offline():
+    tm = task_manager()
+    names = local_task_names(tm)
+    assert set(names) == {f'ed_{s}{v}' for s in ['arc_easy', 'arc_challenge', 'hellaswag', 'mmlu', 'mmlu_lite', 'boolq']
+                          for v in ['', '_mc']} | {'ed_lambada', 'ed_gsm8k'}
+    for name in names:
+        t = tm.load([name])['tasks'][name]
+        docs = list(t.test_docs().select(range(3)))
+        assert len(docs) == 3
+        for doc in docs:
+            text = t.doc_to_text(doc)
+            assert isinstance(text, str) and text
+            if t.OUTPUT_TYPE == 'multiple_choice':
+                ch = t.doc_to_choice(doc)
+                assert len(ch) == len(doc['choices']) and 0 <= t.doc_to_target(doc) < len(ch)
+                if name.endswith('_mc'): assert ch[0] == 'A' and ' A. ' in text and text.endswith('Answer:')
+        assert t.fewshot_context(docs[1], num_fewshot=2)                      # few-shot examples are available
+    g = tm.load(['ed_gsm8k'])['tasks']['ed_gsm8k']
+    assert g.fewshot_context(g.test_docs()[0], num_fewshot=5).count('#### ') == 5   # first 5 train items
+
+
+def test_fewshot_pools_exclude_the_item_itself():
+    tm = task_manager()
+    t = tm.load(['ed_arc_easy'])['tasks']['ed_arc_easy']
+    doc = t.test_docs()[0]
+    ex = t.sampler.sample(5, eval_doc=doc)
+    assert doc not in ex and len(ex) == 5
+    mm = tm.load(['ed_mmlu_lite_mc'])['tasks']['ed_mmlu_lite_mc']
+    d = mm.test_docs()[-1]
+    ctx = mm.fewshot_context(d, num_fewshot=5)
+    assert ctx.startswith('The following are multiple choice questions (with answers) about world religions.')
+    assert ctx.count('Answer:') == 6
+
+
+def test_data_files_and_errors(tmp_path):
+    assert resolve_data_dir().is_absolute()
+    with pytest.raises(EnsDistillError, match='ENS_DISTILL_DATA'): resolve_data_dir(tmp_path/'nope')
+    p = hellaswag_jsonl(cache_dir=tmp_path)
+    assert p.exists() and hellaswag_jsonl(cache_dir=tmp_path) == p
+    sp = local_splits('hellaswag', cache_dir=tmp_path)
+    assert len(sp['test']) == 10042 and sp['fewshot'] == sp['test'][:FEWSHOT_POOL]
+    assert len(local_splits('mmlu')['test']) == 14042 and len(local_splits('mmlu', subjects='lite')['test']) == 1117
+    with pytest.raises(EnsDistillError, match="'piqa'"): local_splits('piqa')
+
+
+# ---- the ens_distill model ------------------------------------------------------------------------------------
+def test_member_paths(run_dir):
+    assert [p.name for p in member_paths(run=run_dir)] == ['member_0', 'member_1', 'member_2']
+    assert len(member_paths(members=f"{run_dir}/other|{run_dir}/members/member_0")) == 2
+    for kw, msg in [(dict(run=run_dir/'other'), 'members/member_'), (dict(members='/no/x'), 'not found'), ({}, 'run=RUN_DIR')]:
+        with pytest.raises(EnsDistillError, match=msg): member_paths(**kw)
+
+
+@pytest.mark.parametrize('packed', ['auto', 'false'])
+@pytest.mark.parametrize('rule', ['mean', 'product'])
+def test_loglikelihood_equals_brute_force(run_dir, rule, packed):
+    lm = EnsembleLM(members=f"{run_dir}/members/member_0|{run_dir}/other", combine=rule, packed=packed, device='cpu', batch_size=3)
+    assert isinstance(lm.ens, PackedEnsemble) == (packed == 'auto')
+    models = [m for m in lm.ens] if packed == 'false' else lm.ens.to_members()
+    got = lm.loglikelihood(reqs('loglikelihood', PAIRS))
+    want = [brute(models, lm.tokenizer, c, x, rule) for c, x in PAIRS]
+    assert [g for g, _ in got] == pytest.approx(want, abs=1e-4)
+
+
+def test_k_copies_equal_single_and_hf(run_dir):
+    from lm_eval.models.huggingface import HFLM
+    one = EnsembleLM(members=str(run_dir/'members/member_0'), device='cpu')
+    three = EnsembleLM(run=str(run_dir), device='cpu', batch_size=2)
+    hf = HFLM(pretrained=str(run_dir/'members/member_0'), device='cpu', dtype='float32', batch_size=2)
+    a, b, c = (m.loglikelihood(reqs('loglikelihood', PAIRS)) for m in (one, three, hf))
+    for x, y, z in zip(a, b, c):
+        assert x[0] == pytest.approx(y[0], abs=1e-5) and x[0] == pytest.approx(z[0], abs=1e-5) and x[1] == y[1] == z[1]
+    texts = [("The city is located on the river. " * 40,), ("Hi!",)]
+    three._max_length = hf._max_length = 64                                  # several rolling windows
+    r3, rh = three.loglikelihood_rolling(reqs('loglikelihood_rolling', texts)), hf.loglikelihood_rolling(reqs('loglikelihood_rolling', texts))
+    assert r3 == pytest.approx(rh, rel=1e-6)                                  # a sum of ~400 fp32 terms
+
+
+def test_generate_until_stops(run_dir):
+    from lm_eval.models.huggingface import HFLM
+    one = EnsembleLM(members=str(run_dir/'members/member_0'), device='cpu')
+    three = EnsembleLM(run=str(run_dir), device='cpu')
+    gk = dict(until=["\n\n"], max_gen_toks=10, do_sample=False)
+    g1 = one.generate_until(reqs('generate_until', [("Once upon", gk), ("def add(a, b):", gk)]))
+    assert g1 == three.generate_until(reqs('generate_until', [("Once upon", gk), ("def add(a, b):", gk)]))
+    hf = HFLM(pretrained=str(run_dir/'members/member_0'), device='cpu', dtype='float32', batch_size=1)
+    assert g1 == hf.generate_until(reqs('generate_until', [("Once upon", gk), ("def add(a, b):", gk)]))
+    n = len(one.tokenizer.encode(g1[0]))
+    assert 0 < n <= 10
+    stop = g1[0][2:5]
+    gs = one.generate_until(reqs('generate_until', [("Once upon", dict(gk, until=[stop]))]))
+    assert gs[0] == g1[0].split(stop)[0] and stop not in gs[0]
+    short = one.generate_until(reqs('generate_until', [("Once upon", dict(gk, max_gen_toks=2))]))
+    assert len(one.tokenizer.encode(short[0])) <= 2 and g1[0].startswith(short[0])
+
+
+# ---- evaluation and the entry point ---------------------------------------------------------------------------
+def test_evaluate_tasks_k_copies_equal_hf(run_dir):
+    tasks = ['ed_arc_easy', 'ed_hellaswag_mc', 'ed_lambada']
+    r_ens = evaluate_tasks('ens_distill', tasks, model_args=dict(run=str(run_dir), device='cpu'), limit=3)
+    r_hf = evaluate_tasks(run_dir/'members/member_0', tasks, limit=3, device='cpu')      # model_spec -> hf
+    for t in tasks:
+        assert r_ens[t]['n'] == 3
+        for k, v in r_hf[t].items(): assert r_ens[t][k] == pytest.approx(v, rel=1e-4), (t, k)
+    assert {'acc', 'acc_stderr', 'acc_norm', 'acc_norm_stderr'} <= set(r_ens['ed_arc_easy'])
+    r = evaluate_tasks('ens_distill', ['ed_boolq'], model_args=dict(run=str(run_dir), device='cpu'), limit=4, sample='random', seed=3)
+    assert r['ed_boolq']['n'] == 4
+
+
+def test_model_spec(run_dir):
+    assert model_spec(run_dir, combine='product') == ('ens_distill', f"run={run_dir.resolve()},combine=product,dtype=float32")
+    assert model_spec(run_dir/'other') == ('hf', f"pretrained={(run_dir/'other').resolve()},dtype=float32")
+    with pytest.raises(EnsDistillError, match='cannot score'): model_spec('/no/such')
+
+
+def test_entry_point_help(capsys):
+    for argv in (['--help'], ['run', '--help']):
+        with pytest.raises(SystemExit) as e: main(argv)
+        assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert 'ens-distill-eval' in out and '--model_args' in out and '--include_path' in out
+
+
+@slow
+def test_entry_point_runs(run_dir, tmp_path):
+    main(['run', '--model', 'ens_distill', '--model_args', f'run={run_dir},combine=mean', '--tasks', 'ed_arc_easy',
+          '--limit', '2', '--device', 'cpu', '--output_path', str(tmp_path)])
+    assert list(tmp_path.rglob('results_*.json'))
+
+
+@slow
+def test_teacher_hellaswag_sanity():
+    r = evaluate_tasks('smollm2-135m-instruct', ['ed_hellaswag'], limit=200, batch_size=8, device='cpu')['ed_hellaswag']
+    assert r['n'] == 200
+    assert abs(r['acc'] - 0.36) < 0.06 and abs(r['acc_norm'] - 0.40) < 0.06, r

@@ -1,0 +1,77 @@
+"Report: run collection, leaderboard, data-driven win conditions, the published site in headless Chromium, the explorer."
+import base64, io, json, math, os, re, shutil, subprocess
+from pathlib import Path
+import pytest, torch
+from ens_distill.core import get_config, to_yaml
+from ens_distill.scaling import fake_run
+from ens_distill.report import *
+
+CHROMIUM = shutil.which('chromium') or ('/usr/bin/chromium' if Path('/usr/bin/chromium').exists() else None)
+TASKS = lambda a, b: {'ed_arc_easy': dict(acc=a), 'ed_boolq': dict(acc=b), 'ed_piqa': dict(acc=.5)}
+
+def _runs(root, ens_ce=3.0, sm_ce=3.1, cbtm_ce=2.9):
+    for s in (0, 1):
+        fake_run(root, 'independent', 4, 'tiny', s, ens_ce + s / 50, tasks=TASKS(.45, .62))
+        fake_run(root, 'single_matched', 4, 'tiny', s, sm_ce + s / 50, tasks=TASKS(.40, .60))
+        fake_run(root, 'cbtm', 4, 'tiny', s, cbtm_ce + s / 50, routing='tfidf', ood_ppl=30., in_domain_ppl=20.)
+    return collect_runs(root)
+
+def test_leaderboard_and_missing(tmp_path):
+    df = _runs(tmp_path)
+    lb = leaderboard(df)
+    assert lb.method.tolist() == ['cbtm', 'independent', 'single_matched'] and (lb.n_seeds == 2).all()
+    assert abs(lb.test_ppl_mean[0] - (math.exp(2.9) + math.exp(2.92)) / 2) < 1e-9 and lb.test_ppl_sd[0] > 0
+    f = format_leaderboard(lb); assert '±' in f['test ppl'][0] and 'ed_boolq' in f
+    assert 'single' in missing_methods(df) and 'cbtm' not in missing_methods(df)
+
+def test_win_conditions_follow_the_data(tmp_path):
+    lat = tmp_path/'latency.json'; lat.write_text(json.dumps([dict(name='single', K=1, ms_per_token=5.), dict(name='packed', K=4, ms_per_token=6.)]))
+    wc = win_conditions(_runs(tmp_path/'a'), load_latency(lat))
+    assert wc.verdict.tolist() == ['supported', 'supported', 'supported'], wc.evidence.tolist()
+    wc = win_conditions(_runs(tmp_path/'b', ens_ce=3.3, cbtm_ce=3.5), load_latency(tmp_path/'none.json'))
+    assert wc.verdict.tolist() == ['not supported', 'not supported', 'no data'], wc.evidence.tolist()
+    assert win_conditions(collect_runs(tmp_path/'empty')).verdict.tolist() == ['no data'] * 3
+
+def _png_ok(src):
+    from PIL import Image
+    assert src.startswith('data:image/'), src[:60]
+    Image.open(io.BytesIO(base64.b64decode(src.split(',', 1)[1]))).verify()
+
+@pytest.mark.skipif(CHROMIUM is None, reason='headless Chromium not installed (Debian: apt-get install -y chromium); skipping the rendering check')
+def test_published_site_renders_in_chromium(tmp_path):
+    import nbformat, matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
+    from nbformat.v4 import new_notebook, new_code_cell, new_output
+    runs = tmp_path/'runs'; _runs(runs)
+    buf = io.BytesIO(); plt.figure(figsize=(2, 1)); plt.plot([1, 2]); plt.savefig(buf, format='png'); plt.close()
+    nbformat.write(new_notebook(cells=[new_code_cell('plot()', outputs=[new_output('display_data', {'image/png': base64.b64encode(buf.getvalue()).decode(), 'text/plain': 'f'})])]),
+                   str(runs/'independent-smoke.ipynb'))
+    idx = publish(runs, tmp_path/'site', sweeps_dir=tmp_path/'sweeps', latency=tmp_path/'none.json', n_boot=10)
+    assert (tmp_path/'report.ipynb').exists() and (idx.parent/'runs'/'independent-smoke.html').exists()
+    def dom(p):
+        r = subprocess.run([CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+                            '--virtual-time-budget=3000', '--dump-dom', p.resolve().as_uri()], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and '<body' in r.stdout, r.stderr[-500:]
+        return r.stdout
+    index = dom(idx); assert 'report.html' in index and 'independent-smoke.html' in index
+    rep = dom(idx.parent/'report.html')
+    assert re.search(r'<table[^>]*>.*?test ppl.*?</table>', rep, re.S), 'leaderboard table missing'
+    assert 'Win conditions' in rep and 'supported' in rep
+    run = dom(idx.parent/'runs'/'independent-smoke.html')
+    imgs = re.findall(r'<img[^>]*\ssrc="([^"]*)"', rep + run)
+    assert imgs, 'no figures rendered'
+    for s in imgs: _png_ok(s)
+
+def test_explorer_static(tmp_path):
+    from ens_distill.teacher import tiny_teacher
+    from ens_distill.packed import PackedEnsemble, student_config
+    from ens_distill.explorer import explore, run_dirs
+    os.environ['ENS_DISTILL_STATIC'] = '1'
+    import matplotlib; matplotlib.use('Agg')
+    run = tmp_path/'runs'/'cbtm-K2-tiny-s0'; _, tok = tiny_teacher()
+    torch.manual_seed(0); PackedEnsemble(student_config('tiny', len(tok)), 2).save_members(run/'members', tok)
+    to_yaml(get_config('smoke', method='cbtm', routing='tfidf', cache_dir=str(tmp_path/'cache'), data_dir=str(tmp_path/'nodata')), run/'config.yaml')
+    assert run_dirs(tmp_path/'runs') == [str(run)]
+    a = explore(run, 'Once upon a time', k=10)
+    assert {'teacher', 'mean', 'product', 'member 0', 'member 1'} <= set(a['tables']) and len(a['tables']['mean']) == 10
+    assert a['routing'].startswith('uniform') and abs(sum(a['weights']) - 1) < 1e-6      # no corpus router here -> uniform
+    assert (a['kl'] >= -1e-5).all() and len(a['kl']) == len(a['tokens'])
