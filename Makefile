@@ -17,7 +17,7 @@ comma := ,
 JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
 RUNENV := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=retain:true$(comma)dirty_decay_ms:-1$(comma)muzzy_decay_ms:-1,)
 
-.PHONY: setup demo prepare test export bench
+.PHONY: setup demo prepare test export bench report scaling
 
 setup: $(STAMP)
 
@@ -40,5 +40,14 @@ test: setup
 export: setup
 	$(BIN)/nbdev_export
 
+report: setup
+	$(RUNENV) $(BIN)/ens-distill-publish --runs_dir reports/runs --site_dir reports/site
+
+scaling: setup
+	mkdir -p reports/runs
+	$(RUNENV) $(BIN)/papermill nbs/run_scaling.ipynb reports/runs/scaling-$(PRESET).ipynb -k python3 -p preset $(PRESET) -p method $(METHOD)
+
 bench: setup
 	$(RUNENV) $(BIN)/python benchmarks/teacher_cache.py
+	$(RUNENV) $(BIN)/python benchmarks/packed_vs_loop.py
+	$(RUNENV) $(BIN)/python benchmarks/latency.py

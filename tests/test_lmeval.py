@@ -5,6 +5,7 @@ import torch
 from lm_eval.api.instance import Instance
 from ens_distill.core import EnsDistillError
 from ens_distill.lmeval import *
+from ens_distill.data import resolve_data_dir
 from ens_distill.packed import PackedEnsemble
 from ens_distill.teacher import tiny_teacher
 

@@ -1,0 +1,104 @@
+"Member-parallel runs on CPU with gloo and 2 processes (torchrun) equal the single-process packed runs."
+import json, math, os, subprocess, sys, textwrap
+from pathlib import Path
+import pytest, torch
+from safetensors.torch import load_file
+from ens_distill.core import get_config, EnsDistillError
+from ens_distill.methods import run_method
+from ens_distill.packed import PackedEnsemble, generate
+from ens_distill.eval import evaluate
+from ens_distill.parallel import member_split, parallel_perplexity, Comm, method_plan, PARALLEL_METHODS
+
+ENV = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', TRANSFORMERS_OFFLINE='1',
+           TOKENIZERS_PARALLELISM='false')
+
+def torchrun(*args, n=2):
+    "Run `args` under torchrun with n CPU processes (gloo); fail with its output."
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', f'--nproc_per_node={n}', *map(str, args)],
+                       env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+def max_member_diff(a, b, K):
+    "Largest absolute weight difference between the members saved in two run dirs."
+    out = 0.
+    for k in range(K):
+        sa, sb = (load_file(str(Path(d)/'members'/f'member_{k}'/'model.safetensors')) for d in (a, b))
+        out = max(out, max(float((sa[n] - sb[n]).abs().max()) for n in sa))
+    return out
+
+@pytest.fixture(scope='module')
+def cache(tmp_path_factory): return str(tmp_path_factory.mktemp('cache'))
+
+def smoke(out, cache, **kw): return get_config('smoke', out_dir=str(out), cache_dir=cache, dtype='fp32', **kw)
+
+def test_member_split():
+    assert member_split(5, 2) == [(0, 3), (3, 5)]
+    assert member_split(7, 3) == [(0, 3), (3, 5), (5, 7)]
+    with pytest.raises(EnsDistillError, match='at most K'): member_split(2, 4)
+    assert set(PARALLEL_METHODS) == {'independent', 'bagging', 'cbtm', 'ncl'}
+
+def test_independent_cli_equals_single_process(tmp_path, cache):
+    "torchrun -m ens_distill.parallel (2 ranks): same members and perplexity as run_method."
+    single = run_method(smoke(tmp_path/'single', cache, method='independent'), progress=False, verbose=False)
+    torchrun('-m', 'ens_distill.parallel', '--preset', 'smoke', '--method', 'independent', '--dtype', 'fp32',
+             '--out_dir', tmp_path/'par', '--cache_dir', cache, '--quiet')
+    run = tmp_path/'par'/'independent-K2-tiny-s0'
+    m = json.loads((run/'metrics.json').read_text())
+    err = max_member_diff(tmp_path/'single'/'independent-K2-tiny-s0', run, 2)
+    print(f'independent: max member weight diff {err:.2e}')
+    assert err <= 1e-6
+    assert m['parallel']['world'] == 2 and m['parallel']['members'] == [[0, 1], [1, 2]]
+    assert 'ncl' not in m['parallel']['comm']['0']                               # independent members never talk
+    assert m['parallel']['comm']['0']['ppl']['bytes_per_token'] == 4.            # one member's log-prob per token
+    assert abs(m['test_ppl'] - single['test_ppl']) <= 1e-6 * single['test_ppl']
+    assert abs(m['parallel']['parallel_test_ppl'] - single['test_ppl']) <= 1e-5 * single['test_ppl']
+    assert m['K'] == 2 and len(list((run/'members').glob('member_*'))) == 2 and (run/'eval.json').exists()
+    assert (run/'ranks'/'rank1'/'ckpt'/'model.safetensors').exists()
+    rows = (run/'metrics.csv').read_text().splitlines()
+    assert 'loss_m1' in rows[0] and len(rows) > 2
+
+WORKER = textwrap.dedent('''
+    import json, sys, torch
+    from ens_distill.core import get_config
+    from ens_distill.packed import PackedEnsemble
+    from ens_distill.parallel import *
+    out, cache = sys.argv[1], sys.argv[2]
+    cfg = get_config('smoke', method='ncl', K=3, ncl_lambda=1.0, dtype='fp32', out_dir=out + '/par', cache_dir=cache)
+    run_parallel(cfg, progress=False, verbose=False)
+    comm = Comm(); comm.barrier()                                   # rank 0 has saved the gathered members
+    ens = PackedEnsemble.load_members(out + '/par/ncl-K3-tiny-s0/members').eval()
+    split = member_split(3, comm.world); k0, k1 = split[comm.rank]; sizes = [b - a for a, b in split]
+    part = shard_members(ens, k0, k1).eval()
+    g = torch.Generator().manual_seed(0)
+    q = torch.rand(3, 5, 9, generator=g)
+    mean_err = float((ncl_mean_fn(comm, 3)(q[k0:k1]) - q.mean(0)).abs().max())
+    V = ens.config.vocab_size
+    x, w = torch.randint(0, V, (6, 16), generator=g), torch.rand(3, 6, generator=g)
+    ppl, ppl_w = parallel_perplexity(part, x, comm, sizes, batch_size=4), parallel_perplexity(part, x, comm, sizes, w, batch_size=4)
+    gen = parallel_generate(part, x[:2, :5], comm, 3, max_new_tokens=8)
+    if comm.rank == 0:
+        json.dump(dict(mean_err=mean_err, ppl=ppl, ppl_w=ppl_w, gen=gen.tolist(), comm=comm.report()), open(out + '/worker.json', 'w'))
+    torch.distributed.destroy_process_group()
+''')
+
+def test_ncl_ppl_generate_equal_single_process(tmp_path, cache):
+    "NCL with K=3 on 2 ranks (members 0-1 and 2): same members; perplexity and greedy generation as one process."
+    single = run_method(smoke(tmp_path/'single', cache, method='ncl', K=3, ncl_lambda=1.0), progress=False, verbose=False)
+    (tmp_path/'worker.py').write_text(WORKER)
+    torchrun(tmp_path/'worker.py', tmp_path, cache)
+    run = tmp_path/'par'/'ncl-K3-tiny-s0'
+    err = max_member_diff(tmp_path/'single'/'ncl-K3-tiny-s0', run, 3)
+    m, r = json.loads((run/'metrics.json').read_text()), json.loads((tmp_path/'worker.json').read_text())
+    print(f"ncl: max member weight diff {err:.2e}, ncl mean err {r['mean_err']:.2e}, comm {r['comm']}")
+    assert err <= 1e-6 and r['mean_err'] <= 1e-7
+    assert m['parallel']['comm']['0']['ncl']['bytes_per_token'] == m['parallel']['bytes_per_token']['train'] == 4 * (8 + 1)
+    assert abs(m['test_ppl'] - single['test_ppl']) <= 1e-6 * single['test_ppl']
+    ens = PackedEnsemble.load_members(run/'members').eval()
+    g = torch.Generator().manual_seed(0); torch.rand(3, 5, 9, generator=g)
+    x, w = torch.randint(0, ens.config.vocab_size, (6, 16), generator=g), torch.rand(3, 6, generator=g)
+    ev = evaluate(ens, x, rules=('mean', 'weighted'), router_weights=w, batch_size=4)['ensemble']
+    assert abs(r['ppl']['ppl'] - ev['mean']['overall']['ppl']) <= 1e-5 * r['ppl']['ppl']
+    assert abs(r['ppl_w']['ppl'] - ev['weighted']['overall']['ppl']) <= 1e-5 * r['ppl_w']['ppl']
+    assert r['gen'] == generate(ens, x[:2, :5], 8).tolist()
+    assert r['comm']['generate']['bytes_per_token'] == 4 * ens.config.vocab_size + 8
