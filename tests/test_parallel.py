@@ -3,11 +3,11 @@ import json, math, os, subprocess, sys, textwrap
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
-from ens_distill.core import get_config, EnsDistillError
+from ens_distill.core import get_config, run_name, EnsDistillError
 from ens_distill.methods import run_method
-from ens_distill.packed import PackedEnsemble, generate
+from ens_distill.packed import PackedEnsemble, generate, load_members
 from ens_distill.eval import evaluate
-from ens_distill.parallel import member_split, parallel_perplexity, Comm, method_plan, PARALLEL_METHODS
+from ens_distill.parallel import member_split, run_parallel, PARALLEL_METHODS
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', TRANSFORMERS_OFFLINE='1',
            TOKENIZERS_PARALLELISM='false')
@@ -36,16 +36,18 @@ def test_member_split():
     assert member_split(5, 2) == [(0, 3), (3, 5)]
     assert member_split(7, 3) == [(0, 3), (3, 5), (5, 7)]
     with pytest.raises(EnsDistillError, match='at most K'): member_split(2, 4)
-    assert set(PARALLEL_METHODS) == {'independent', 'bagging', 'cbtm', 'ncl'}
+    assert set(PARALLEL_METHODS) == {'independent', 'bagging', 'cbtm', 'ncl', 'boosting'}
+    with pytest.raises(EnsDistillError, match='not member-parallel'): run_parallel(get_config('smoke', method='single'))
 
 def test_independent_cli_equals_single_process(tmp_path, cache):
     "torchrun -m ens_distill.parallel (2 ranks): same members and perplexity as run_method."
-    single = run_method(smoke(tmp_path/'single', cache, method='independent'), progress=False, verbose=False)
+    cfg = smoke(tmp_path/'single', cache, method='independent')
+    single = run_method(cfg, progress=False, verbose=False)
     torchrun('-m', 'ens_distill.parallel', '--preset', 'smoke', '--method', 'independent', '--dtype', 'fp32',
              '--out_dir', tmp_path/'par', '--cache_dir', cache, '--quiet')
-    run = tmp_path/'par'/'independent-K2-tiny-s0'
+    run = tmp_path/'par'/run_name(cfg)
     m = json.loads((run/'metrics.json').read_text())
-    err = max_member_diff(tmp_path/'single'/'independent-K2-tiny-s0', run, 2)
+    err = max_member_diff(tmp_path/'single'/run_name(cfg), run, 2)
     print(f'independent: max member weight diff {err:.2e}')
     assert err <= 1e-6
     assert m['parallel']['world'] == 2 and m['parallel']['members'] == [[0, 1], [1, 2]]
@@ -60,14 +62,15 @@ def test_independent_cli_equals_single_process(tmp_path, cache):
 
 WORKER = textwrap.dedent('''
     import json, sys, torch
-    from ens_distill.core import get_config
-    from ens_distill.packed import PackedEnsemble
+    from dataclasses import replace
+    from ens_distill.core import get_config, run_name
+    from ens_distill.packed import PackedEnsemble, load_members
     from ens_distill.parallel import *
     out, cache = sys.argv[1], sys.argv[2]
     cfg = get_config('smoke', method='ncl', K=3, ncl_lambda=1.0, dtype='fp32', out_dir=out + '/par', cache_dir=cache)
     run_parallel(cfg, progress=False, verbose=False)
     comm = Comm(); comm.barrier()                                   # rank 0 has saved the gathered members
-    ens = PackedEnsemble.load_members(out + '/par/ncl-K3-tiny-s0/members').eval()
+    ens = load_members(out + '/par/' + run_name(cfg) + '/members').eval()
     split = member_split(3, comm.world); k0, k1 = split[comm.rank]; sizes = [b - a for a, b in split]
     part = shard_members(ens, k0, k1).eval()
     g = torch.Generator().manual_seed(0)
@@ -79,22 +82,24 @@ WORKER = textwrap.dedent('''
     gen = parallel_generate(part, x[:2, :5], comm, 3, max_new_tokens=8)
     if comm.rank == 0:
         json.dump(dict(mean_err=mean_err, ppl=ppl, ppl_w=ppl_w, gen=gen.tolist(), comm=comm.report()), open(out + '/worker.json', 'w'))
+    run_parallel(replace(cfg, method='boosting'), progress=False, verbose=False)  # round r on rank r % 2
     torch.distributed.destroy_process_group()
 ''')
 
-def test_ncl_ppl_generate_equal_single_process(tmp_path, cache):
-    "NCL with K=3 on 2 ranks (members 0-1 and 2): same members; perplexity and greedy generation as one process."
-    single = run_method(smoke(tmp_path/'single', cache, method='ncl', K=3, ncl_lambda=1.0), progress=False, verbose=False)
+def test_ncl_boosting_ppl_generate_equal_single_process(tmp_path, cache):
+    "NCL and boosting with K=3 on 2 ranks: same members as one process; so are perplexity and greedy generation."
+    cn, cb = smoke(tmp_path/'single', cache, method='ncl', K=3, ncl_lambda=1.0), smoke(tmp_path/'single', cache, method='boosting', K=3, ncl_lambda=1.0)
+    single, boost = run_method(cn, progress=False, verbose=False), run_method(cb, progress=False, verbose=False)
     (tmp_path/'worker.py').write_text(WORKER)
     torchrun(tmp_path/'worker.py', tmp_path, cache)
-    run = tmp_path/'par'/'ncl-K3-tiny-s0'
-    err = max_member_diff(tmp_path/'single'/'ncl-K3-tiny-s0', run, 3)
+    run = tmp_path/'par'/run_name(cn)
+    err = max_member_diff(tmp_path/'single'/run_name(cn), run, 3)
     m, r = json.loads((run/'metrics.json').read_text()), json.loads((tmp_path/'worker.json').read_text())
     print(f"ncl: max member weight diff {err:.2e}, ncl mean err {r['mean_err']:.2e}, comm {r['comm']}")
     assert err <= 1e-6 and r['mean_err'] <= 1e-7
     assert m['parallel']['comm']['0']['ncl']['bytes_per_token'] == m['parallel']['bytes_per_token']['train'] == 4 * (8 + 1)
     assert abs(m['test_ppl'] - single['test_ppl']) <= 1e-6 * single['test_ppl']
-    ens = PackedEnsemble.load_members(run/'members').eval()
+    ens = load_members(run/'members').eval()
     g = torch.Generator().manual_seed(0); torch.rand(3, 5, 9, generator=g)
     x, w = torch.randint(0, ens.config.vocab_size, (6, 16), generator=g), torch.rand(3, 6, generator=g)
     ev = evaluate(ens, x, rules=('mean', 'weighted'), router_weights=w, batch_size=4)['ensemble']
@@ -102,3 +107,39 @@ def test_ncl_ppl_generate_equal_single_process(tmp_path, cache):
     assert abs(r['ppl_w']['ppl'] - ev['weighted']['overall']['ppl']) <= 1e-5 * r['ppl_w']['ppl']
     assert r['gen'] == generate(ens, x[:2, :5], 8).tolist()
     assert r['comm']['generate']['bytes_per_token'] == 4 * ens.config.vocab_size + 8
+    berr = max_member_diff(tmp_path/'single'/run_name(cb), tmp_path/'par'/run_name(cb), 3)
+    mb = json.loads((tmp_path/'par'/run_name(cb)/'metrics.json').read_text())
+    print(f'boosting: max member weight diff {berr:.2e}')
+    assert berr <= 1e-6 and abs(mb['test_ppl'] - boost['test_ppl']) <= 1e-6 * boost['test_ppl']
+    assert mb['steps'] == boost['steps'] and mb['train_flops'] == boost['train_flops']
+    assert mb['parallel']['comm']['0']['boost_scores']['bytes'] > 0
+
+CRASH = textwrap.dedent('''
+    import os, sys
+    import ens_distill.train as tr
+    from ens_distill.core import get_config
+    from ens_distill.parallel import run_parallel
+    out, cache, crash = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    if crash and os.environ['RANK'] == '1':                      # rank 1 dies (no cleanup) in step crash+1
+        ok = tr.check_finite
+        tr.check_finite = lambda loss, step: os._exit(3) if step > crash else ok(loss, step)
+    cfg = get_config('smoke', method='ncl', K=2, ckpt_every=4, dtype='fp32', out_dir=out, cache_dir=cache)
+    run_parallel(cfg, resume=not crash, progress=False, verbose=False)
+''')
+
+def test_killed_rank_resumes_from_its_checkpoint(tmp_path, cache):
+    "Rank 1 killed after its step-8 checkpoint; relaunching with resume gives the uninterrupted members."
+    cfg = smoke(tmp_path/'single', cache, method='ncl', K=2, ckpt_every=4)
+    run_method(cfg, progress=False, verbose=False)
+    (tmp_path/'crash.py').write_text(CRASH)
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', tmp_path/'crash.py',
+                        tmp_path/'par', cache, '9'], env=ENV, capture_output=True, text=True, timeout=300)
+    run = tmp_path/'par'/run_name(cfg)
+    assert r.returncode != 0 and not (run/'metrics.json').exists()
+    assert (run/'ranks'/'rank1'/'ckpt'/'model.safetensors').exists()
+    torchrun(tmp_path/'crash.py', tmp_path/'par', cache, 0)
+    err = max_member_diff(tmp_path/'single'/run_name(cfg), run, 2)
+    print(f'resume after a killed rank: max member weight diff {err:.2e}')
+    assert err <= 1e-6
+    steps = [int(float(r.split(',')[0])) for r in (run/'metrics.csv').read_text().splitlines()[1:]]
+    assert steps == sorted(set(steps))                                             # each step logged once
