@@ -39,16 +39,34 @@ def test_member_split():
     assert set(PARALLEL_METHODS) == {'independent', 'bagging', 'cbtm', 'ncl', 'boosting'}
     with pytest.raises(EnsDistillError, match='not member-parallel'): run_parallel(get_config('smoke', method='single'))
 
-def test_independent_cli_equals_single_process(tmp_path, cache):
-    "torchrun -m ens_distill.parallel (2 ranks): same members and perplexity as run_method."
+CRASH = textwrap.dedent('''
+    import os, sys
+    import ens_distill.train as tr
+    from ens_distill.core import get_config
+    from ens_distill.parallel import run_parallel
+    out, cache = sys.argv[1], sys.argv[2]
+    if os.environ['RANK'] == '1':                               # rank 1 dies (no cleanup) in step 9
+        ok = tr.check_finite
+        tr.check_finite = lambda loss, step: os._exit(3) if step > 8 else ok(loss, step)
+    run_parallel(get_config('smoke', method='independent', ckpt_every=4, dtype='fp32', out_dir=out, cache_dir=cache),
+                 progress=False, verbose=False)
+''')
+
+def test_independent_cli_resumes_killed_rank_and_equals_single_process(tmp_path, cache):
+    "2 ranks, rank 1 killed after its step-8 checkpoint; `torchrun -m ens_distill.parallel --resume` then gives run_method's members and perplexity."
     cfg = smoke(tmp_path/'single', cache, method='independent')
     single = run_method(cfg, progress=False, verbose=False)
-    torchrun('-m', 'ens_distill.parallel', '--preset', 'smoke', '--method', 'independent', '--dtype', 'fp32',
-             '--out_dir', tmp_path/'par', '--cache_dir', cache, '--quiet')
+    (tmp_path/'crash.py').write_text(CRASH)
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', tmp_path/'crash.py',
+                        tmp_path/'par', cache], env=ENV, capture_output=True, text=True, timeout=300)
     run = tmp_path/'par'/run_name(cfg)
+    assert r.returncode != 0 and not (run/'metrics.json').exists()
+    assert (run/'ranks'/'rank1'/'ckpt'/'model.safetensors').exists()
+    torchrun('-m', 'ens_distill.parallel', '--preset', 'smoke', '--method', 'independent', '--dtype', 'fp32',
+             '--out_dir', tmp_path/'par', '--cache_dir', cache, '--quiet', '--resume')
     m = json.loads((run/'metrics.json').read_text())
     err = max_member_diff(tmp_path/'single'/run_name(cfg), run, 2)
-    print(f'independent: max member weight diff {err:.2e}')
+    print(f'independent (rank 1 killed, resumed): max member weight diff {err:.2e}')
     assert err <= 1e-6
     assert m['parallel']['world'] == 2 and m['parallel']['members'] == [[0, 1], [1, 2]]
     assert 'ncl' not in m['parallel']['comm']['0']                               # independent members never talk
@@ -56,9 +74,9 @@ def test_independent_cli_equals_single_process(tmp_path, cache):
     assert abs(m['test_ppl'] - single['test_ppl']) <= 1e-6 * single['test_ppl']
     assert abs(m['parallel']['parallel_test_ppl'] - single['test_ppl']) <= 1e-5 * single['test_ppl']
     assert m['K'] == 2 and len(list((run/'members').glob('member_*'))) == 2 and (run/'eval.json').exists()
-    assert (run/'ranks'/'rank1'/'ckpt'/'model.safetensors').exists()
     rows = (run/'metrics.csv').read_text().splitlines()
-    assert 'loss_m1' in rows[0] and len(rows) > 2
+    steps = [int(float(r.split(',')[0])) for r in rows[1:]]
+    assert 'loss_m1' in rows[0] and steps == sorted(set(steps)) and len(steps) > 2   # each step logged once
 
 WORKER = textwrap.dedent('''
     import json, sys, torch
@@ -113,33 +131,3 @@ def test_ncl_boosting_ppl_generate_equal_single_process(tmp_path, cache):
     assert berr <= 1e-6 and abs(mb['test_ppl'] - boost['test_ppl']) <= 1e-6 * boost['test_ppl']
     assert mb['steps'] == boost['steps'] and mb['train_flops'] == boost['train_flops']
     assert mb['parallel']['comm']['0']['boost_scores']['bytes'] > 0
-
-CRASH = textwrap.dedent('''
-    import os, sys
-    import ens_distill.train as tr
-    from ens_distill.core import get_config
-    from ens_distill.parallel import run_parallel
-    out, cache, crash = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    if crash and os.environ['RANK'] == '1':                      # rank 1 dies (no cleanup) in step crash+1
-        ok = tr.check_finite
-        tr.check_finite = lambda loss, step: os._exit(3) if step > crash else ok(loss, step)
-    cfg = get_config('smoke', method='ncl', K=2, ckpt_every=4, dtype='fp32', out_dir=out, cache_dir=cache)
-    run_parallel(cfg, resume=not crash, progress=False, verbose=False)
-''')
-
-def test_killed_rank_resumes_from_its_checkpoint(tmp_path, cache):
-    "Rank 1 killed after its step-8 checkpoint; relaunching with resume gives the uninterrupted members."
-    cfg = smoke(tmp_path/'single', cache, method='ncl', K=2, ckpt_every=4)
-    run_method(cfg, progress=False, verbose=False)
-    (tmp_path/'crash.py').write_text(CRASH)
-    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', tmp_path/'crash.py',
-                        tmp_path/'par', cache, '9'], env=ENV, capture_output=True, text=True, timeout=300)
-    run = tmp_path/'par'/run_name(cfg)
-    assert r.returncode != 0 and not (run/'metrics.json').exists()
-    assert (run/'ranks'/'rank1'/'ckpt'/'model.safetensors').exists()
-    torchrun(tmp_path/'crash.py', tmp_path/'par', cache, 0)
-    err = max_member_diff(tmp_path/'single'/run_name(cfg), run, 2)
-    print(f'resume after a killed rank: max member weight diff {err:.2e}')
-    assert err <= 1e-6
-    steps = [int(float(r.split(',')[0])) for r in (run/'metrics.csv').read_text().splitlines()[1:]]
-    assert steps == sorted(set(steps))                                             # each step logged once

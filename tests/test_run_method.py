@@ -35,3 +35,15 @@ def test_unknown_method_fails_at_once(tmp_path, cache):
     with pytest.raises(pm.PapermillExecutionError, match="config key 'method'"):
         _run(tmp_path, cache, method='magic')
     assert not (tmp_path/'runs').exists()
+
+def test_grid_chooses_tau_and_run_method_reuses_it(tmp_path, cache):
+    os.environ.update(HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1')
+    pm.execute_notebook(str(NB.with_name('run_grid.ipynb')), str(tmp_path/'grid.ipynb'), kernel_name='python3', progress_bar=False,
+                        parameters=dict(preset='smoke', method='single', alphas=[0.0, 1.0], taus=[1.0, 2.0],
+                                        out_dir=str(tmp_path/'runs'), cache_dir=cache))
+    choice = json.loads((tmp_path/'runs'/'tau_choice.json').read_text())
+    assert choice['tau'] in (1.0, 2.0) and len(choice['grid']) == 4
+    assert all(math.isfinite(r['dev_ppl']) for r in choice['grid'])
+    _run(tmp_path, cache, method='independent')
+    m = json.loads(next((tmp_path/'runs').glob('independent*/metrics.json')).read_text())
+    assert m['tau'] == choice['tau']
