@@ -1,8 +1,9 @@
 """One training step of K students: a packed ensemble (chunked fused head loss) vs a Python loop over K HF Llamas.
 
 Each configuration (mode, K) runs in a fresh subprocess so its peak memory is its own. A step is: forward,
-a KD-style loss against a random top-k teacher target (or plain CE), backward, AdamW step. Modes:
-`loop` (fp32, K `LlamaForCausalLM`s one after the other), `packed` (fp32 `PackedEnsemble` + `head_loss`),
+forward KL to a random top-k + tail teacher target as training computes it (or CE), backward, AdamW step. Modes:
+`loop` (fp32, K `LlamaForCausalLM`s one after the other, `distill_loss` through autograd), `packed` (fp32, the
+training loop's `batch_loss`: packed trunk + fused chunked head with the closed-form gradient),
 `packed_bf16` (the same under bf16 autocast). All modes start from identical weights and see identical data.
 
     python benchmarks/packed_vs_loop.py            # xs, K in 1 2 4 8, B=8, T=256, then a 5-step K=1 loss check (~3 min, 2 idle cores)
@@ -21,7 +22,7 @@ def parse(argv=None):
     p.add_argument('--B', type=int, default=8, help='sequences per member per step')
     p.add_argument('--T', type=int, default=256, help='tokens per sequence')
     p.add_argument('--vocab', type=int, default=49152, help='vocabulary size (SmolLM2: 49152)')
-    p.add_argument('--steps', type=int, default=1, help='timed steps (after one warm-up step; the loss check uses all steps)')
+    p.add_argument('--steps', type=int, default=2, help='timed steps (after one warm-up step; the loss check uses all steps)')
     p.add_argument('--loss', default='kd', choices=['kd', 'ce'], help='KD against a random top-k target, or CE')
     p.add_argument('--topk', type=int, default=32, help='teacher top-k of the random KD target')
     p.add_argument('--chunk', type=int, default=0, help='head_loss tokens per chunk (0: automatic)')
@@ -78,23 +79,23 @@ def step_flops(cfg, K, B, T):
 
 def worker(a):
     mode, K, device = a.worker.split(','); K = int(K)
-    import torch, torch.nn.functional as F
+    import torch
+    from ens_distill.core import get_config
     from ens_distill.packed import PackedEnsemble, student_config
+    from ens_distill.losses import distill_loss
+    from ens_distill.train import batch_loss, _targets
     torch.manual_seed(0)
     cfg = student_config(a.size, a.vocab)
+    rc = get_config('demo', objective='ce' if a.loss == 'ce' else 'fkl', alpha=1.)
     N = a.B * a.T
     g = torch.Generator().manual_seed(1)
     data = []
     pool = torch.randperm(a.vocab, generator=g)[:1024]  # tokens and targets from 1024 ids: the loss can fall in a few steps
-    for _ in range(a.steps + 1):  # identical data for every mode: x [K,B,T+1], top-k ids/log-probs [K,N,k]
-        x = pool[torch.randint(0, len(pool), (K, a.B, a.T + 1), generator=g)]
-        ids = pool[torch.randint(0, len(pool), (K, N, a.topk), generator=g)]
-        tlp = torch.log_softmax(3 * torch.randn(K, N, a.topk, generator=g), -1)
-        data.append([t.to(device) for t in (x, ids, tlp)])
-
-    def loss_fn(x, ids, tlp):  # per-chunk loss on logits [k,n,V], summed
-        if a.loss == 'ce': return lambda lg, sl: F.cross_entropy(lg.flatten(0, 1), x[:, :, 1:].reshape(x.shape[0], -1)[:, sl].flatten(), reduction='sum')
-        return lambda lg, sl: -(tlp[:, sl].exp() * torch.log_softmax(lg.float(), -1).gather(-1, ids[:, sl])).sum()
+    for _ in range(a.steps + 1):  # identical data for every mode: blocks [K,B,T], teacher top-k ids/log-probs/tail
+        x = pool[torch.randint(0, len(pool), (K, a.B, a.T), generator=g)]
+        ids = torch.stack([pool[torch.randperm(len(pool), generator=g)[:a.topk]] for _ in range(K * N)]).view(K, a.B, a.T, a.topk)
+        lp = torch.log_softmax(3 * torch.randn(K, a.B, a.T, a.topk + 1, generator=g), -1)
+        data.append([t.to(device) for t in (x, ids, lp[..., :-1].contiguous(), lp[..., -1].contiguous())])
 
     ens = PackedEnsemble(cfg, K).to(device)  # identical initial weights in every mode
     if mode == 'loop':
@@ -105,17 +106,17 @@ def worker(a):
     opt = torch.optim.AdamW(params, lr=3e-3, weight_decay=0.1)
     amp = torch.autocast(device, dtype=torch.bfloat16, enabled=mode.endswith('bf16'))
 
-    def step(x, ids, tlp):
+    def step(x, ids, lp, tl):
         with amp:
-            if mode == 'loop':
+            if mode == 'loop':  # each HF member on its own: full [B,T,V] logits, the library's loss through autograd
                 tot = 0.
                 for k, m in enumerate(models):
-                    logits = m(x[k, :, :-1]).logits.view(1, N, -1)   # [1,N,V]: materialised, as HF does
-                    loss = loss_fn(x[k:k+1], ids[k:k+1], tlp[k:k+1])(logits, slice(0, N)) / N
+                    y = _targets(x[k]); n = (y != -100).sum()
+                    out = distill_loss(m(x[k]).logits, y, ids[k], lp[k], tl[k], objective=rc.objective, alpha=rc.alpha)
+                    loss = out['loss'].sum() / n
                     loss.backward(); tot += loss.item()
-            else:
-                h = ens.hidden(x[:, :, :-1])                          # [K,B,T,d]
-                loss = ens.head_loss(h, loss_fn(x, ids, tlp), a.chunk or None) / N
+            else:  # the training loop's own step: packed trunk, fused chunked head (closed-form fkl/ce gradient)
+                loss, _ = batch_loss(ens, x, (ids, lp, tl), rc, rc.alpha, chunk=a.chunk or None)
                 loss.backward(); tot = loss.item()
         opt.step(); opt.zero_grad(set_to_none=True)
         return tot / K
