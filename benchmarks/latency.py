@@ -52,6 +52,10 @@ def main():
                   f'({B/tl:8.1f} tok/s)  loop/packed {tl/tp:5.2f}  packed/teacher {tp/t_teacher:5.2f}', flush=True)
         print(f'B={B:2d} teacher: {1e3*t_teacher:7.2f} ms/step ({B/t_teacher:8.1f} tok/s)')
         res['rows'].append(row)
+    res['rows'] = [dict(system=name, method=name.split()[0], K=int(name.split('K')[-1]) if 'K' in name else 1, size=args.size,
+                        batch=r['batch'], ms_per_token=v)
+                   for r in res['rows'] for name, v in [('teacher', r['teacher_ms'])] +
+                   [(f"{k.split('_')[0]} K{k.split('_K')[1][:-3]}", v) for k, v in r.items() if k.endswith('_ms') and k != 'teacher_ms']]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True); Path(args.out).write_text(json.dumps(res, indent=1))
     print('written', args.out)
 
