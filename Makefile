@@ -15,7 +15,7 @@ export PYTHONHASHSEED := 0
 comma := ,
 # jemalloc (Debian libjemalloc2) makes large packed intermediates cheap to reallocate; used when present
 JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
-RUNENV := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=retain:true$(comma)dirty_decay_ms:-1$(comma)muzzy_decay_ms:-1,)
+RUNENV := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=retain:true$(comma)dirty_decay_ms:30000$(comma)muzzy_decay_ms:30000,)
 
 .PHONY: setup demo prepare test export bench report scaling
 
