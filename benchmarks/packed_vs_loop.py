@@ -122,9 +122,9 @@ def worker(a):
         return tot / K
 
     sync = torch.cuda.synchronize if device == 'cuda' else (lambda: None)
+    base = rss_mb(); reset_peak_rss()  # peak over warm-up and timed steps: an allocator that keeps freed pages hides later peaks
     losses = [step(*data[0])]  # warm-up (allocates the optimizer state)
     sync()
-    base = rss_mb(); reset_peak_rss()
     if device == 'cuda': torch.cuda.reset_peak_memory_stats(); base_gpu = torch.cuda.memory_allocated() / 2**20
     times = []
     for d in data[1:]:
