@@ -28,6 +28,9 @@ def parse(argv=None):
     p.add_argument('--chunk', type=int, default=0, help='head_loss tokens per chunk (0: automatic)')
     p.add_argument('--check-steps', type=int, default=5, help='steps of the K=1 loss check (bf16-packed vs fp32 loss)')
     p.add_argument('--modes', nargs='+', default=['loop', 'packed', 'packed_bf16'])
+    p.add_argument('--malloc-conf', default='dirty_decay_ms:-1,muzzy_decay_ms:-1',
+                   help="jemalloc MALLOC_CONF of the workers; the default never returns freed pages, the loop's best case "
+                        "(the Makefile's 'retain:true,dirty_decay_ms:30000,muzzy_decay_ms:30000' page-faults big buffers again)")
     p.add_argument('--quick', action='store_true', help='small settings: B=4, T=128, K in 1 4, 1 timed step')
     p.add_argument('--no-gpu', action='store_true', help='skip the GPU section even when CUDA is available')
     p.add_argument('--json', default='', help='also write all results to this JSON file')
@@ -138,8 +141,7 @@ def worker(a):
 
 def run_worker(a, mode, K, device, size=None, steps=None):
     env = dict(os.environ, HF_HUB_OFFLINE='1', TRANSFORMERS_OFFLINE='1', TOKENIZERS_PARALLELISM='false')
-    if JEMALLOC and 'jemalloc' not in env.get('LD_PRELOAD', ''):
-        env.update(LD_PRELOAD=JEMALLOC[0], MALLOC_CONF='dirty_decay_ms:-1,muzzy_decay_ms:-1')
+    if JEMALLOC: env.update(LD_PRELOAD=JEMALLOC[0], MALLOC_CONF=a.malloc_conf)  # same allocator settings for every mode
     argv = [sys.executable, __file__, '--worker', f'{mode},{K},{device}', '--size', size or a.size, '--B', str(a.B),
             '--T', str(a.T), '--vocab', str(a.vocab), '--steps', str(steps or a.steps), '--loss', a.loss,
             '--topk', str(a.topk), '--chunk', str(a.chunk)]
@@ -174,7 +176,7 @@ def main(a):
     import torch
     t0 = time.time()
     print(f"packed vs loop: size={a.size} vocab={a.vocab} B={a.B} T={a.T} loss={a.loss} steps=1+{a.steps} "
-          f"threads={torch.get_num_threads()} jemalloc={'yes' if JEMALLOC else 'no'}")
+          f"threads={torch.get_num_threads()} jemalloc={a.malloc_conf if JEMALLOC else 'absent (glibc malloc)'}")
     peaks = dict(fp32=matmul_gflops(torch.float32, 'cpu'), bf16=matmul_gflops(torch.bfloat16, 'cpu'))
     print(f"CPU matmul peak (2048^3): fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s")
     rows = [run_worker(a, mode, K, 'cpu') for K in a.K for mode in a.modes]

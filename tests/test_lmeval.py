@@ -176,5 +176,7 @@ def test_entry_point_runs(run_dir, tmp_path):
 def test_teacher_hellaswag_sanity():
     r = evaluate_tasks('smollm2-135m-instruct', ['ed_hellaswag'], limit=200, batch_size=8, device='cpu')['ed_hellaswag']
     assert r['n'] == 200
-    # first 200 items = all ActivityNet; stderr ~0.035; measured 0.405 / 0.470
+    # Measured (bf16 teacher): first 200 items 0.405 / 0.470, first 500 0.378 / 0.428, first 1000 0.354 / 0.428.
+    # The first 200 are all ActivityNet captions, easier than the WikiHow items that follow, and a 200-item accuracy
+    # has a standard error of ~0.035, so "within a few points" of 0.36 / 0.40 is checked at ~2.3 standard errors.
     assert abs(r['acc'] - 0.36) < 0.08 and abs(r['acc_norm'] - 0.40) < 0.08, r
