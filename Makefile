@@ -19,7 +19,7 @@ comma := ,
 JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
 RUNENV := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=retain:true$(comma)dirty_decay_ms:-1$(comma)muzzy_decay_ms:-1,)
 
-.PHONY: setup demo prepare test export bench report scaling
+.PHONY: setup demo prepare test export bench report scaling study
 
 setup: $(STAMP)
 
@@ -42,8 +42,13 @@ test: setup
 export: setup
 	$(BIN)/nbdev_export
 
+# the published site: the study's runs (reports/study) and sweeps (reports/study-sweeps)
 report: setup
-	$(RUNENV) $(BIN)/ens-distill-publish --runs_dir reports/runs --site_dir reports/site
+	$(RUNENV) $(BIN)/ens-distill-publish --runs_dir reports/study --sweeps_dir reports/study-sweeps --site_dir reports/site
+
+# the whole study (issue #8): every method x 3 seeds, grids, sweep, task suite, then the report (about 3 h on 2 cores)
+study: setup
+	bash scripts/study.sh
 
 scaling: setup
 	mkdir -p reports/runs

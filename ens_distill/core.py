@@ -160,7 +160,8 @@ PRESETS = dict(
                eval_tokens_per_domain=400, tokens_per_member=2_048, batch_size=4, topk=8, n_clusters=2,
                eval_limit=4, log_every=2, lr=1e-2),
     demo=dict(tokens_per_member=40_000),
-    study=dict(size='s', block_size=256, max_tokens_per_domain=150_000, eval_tokens_per_domain=20_000,
+    study=dict(tokens_per_member=40_000, holdout_domains=['dialog'], seeds=[0, 1, 2], eval_limit=40, out_dir='reports/study'),
+    large=dict(size='s', block_size=256, max_tokens_per_domain=150_000, eval_tokens_per_domain=20_000,
                tokens_per_member=1_000_000, batch_size=8, eval_limit=200, seeds=[0, 1, 2], ckpt_every=200),
 )
 
@@ -257,7 +258,7 @@ class RunDir:
             raise EnsDistillError(f"run {self.path} already finished; pass overwrite=True to redo it or pick another run_name")
         self.path.mkdir(parents=True, exist_ok=True)
         if overwrite and not resume:
-            for f in ('metrics.csv', 'metrics.json'): (self.path/f).unlink(missing_ok=True)
+            for f in ('metrics.csv', 'metrics.json', 'tasks.json'): (self.path/f).unlink(missing_ok=True)
         to_yaml(cfg, self.path/'config.yaml')
 
     @property

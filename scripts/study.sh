@@ -1,0 +1,53 @@
+#!/bin/bash
+# The study (issue #8): every run, grid, sweep and task score behind reports/study/ and reports/site/, in order.
+# usage: bash scripts/study.sh [STAGE ...]     stages: grid main tasks grid_ens sweep report (default: all)
+# Each step is one papermill notebook; rerunning a step redoes it and gives the same metrics (CPU determinism:
+# fixed seeds, PYTHONHASHSEED=0, the same torch thread count). `make setup` must have run (it creates .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BIN=.venv/bin
+OUT=reports/study
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONHASHSEED=0
+JE=$(ls /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 2>/dev/null | head -1 || true)
+[ -n "$JE" ] && export LD_PRELOAD=$JE MALLOC_CONF=retain:true,dirty_decay_ms:-1,muzzy_decay_ms:-1
+mkdir -p $OUT
+pm_run() { local name=$1; shift; echo "== $name"; $BIN/papermill nbs/run_method.ipynb $OUT/$name.ipynb -k python3 -p preset study "$@"; }
+
+grid() {       # alpha x tau on dev perplexity for `single`; records tau_choice.json, which every later run reuses
+  $BIN/papermill nbs/run_grid.ipynb $OUT/grid-single.ipynb -k python3 -p preset study -p method single
+}
+main() {       # every method, seeds 0 1 2 (the study preset's); the teacher once (nothing in it depends on the seed)
+  pm_run independent -p method independent
+  pm_run single -p method single
+  pm_run single_matched -p method single_matched
+  pm_run raw -p method raw
+  pm_run cbtm-learned -p method cbtm -p routing learned
+  pm_run cbtm -p method cbtm -p routing uniform
+  pm_run cbtm-tfidf -p method cbtm -p routing tfidf
+  pm_run bagging -p method bagging
+  pm_run ncl -p method ncl
+  pm_run boosting -p method boosting
+  pm_run boosting-topq0.1 -p method boosting -y "extra: {boost_q: 0.1}"
+  pm_run boosting-weighted0.25 -p method boosting -y "extra: {boost_mode: weighted}"
+  pm_run teacher_ft -p method teacher_ft
+  pm_run teacher -p method teacher -p seeds '[0]'
+  pm_run synthetic -p method synthetic
+}
+tasks() {      # the task suite (fixed 40-item subsamples, GSM8K first 10) on every main run
+  $BIN/papermill nbs/run_tasks.ipynb $OUT/tasks.ipynb -k python3 -p runs "[\"$OUT/*-K4-xs-s*\"]" -p exclude '["*-a0*", "*-t2-*"]'
+}
+grid_ens() {   # the same grid for the best ensemble method (c-BTM, learned routing); keeps single's tau choice
+  $BIN/papermill nbs/run_grid.ipynb $OUT/grid-cbtm-learned.ipynb -k python3 -p preset study -p method cbtm -p record False \
+    -y "extra: {routing: learned}"
+}
+sweep() {      # K and member-size sweep of the best method at the study's per-member budget (seed 0)
+  $BIN/papermill nbs/run_scaling.ipynb $OUT/scaling-cbtm-learned.ipynb -k python3 -p preset study -p method cbtm \
+    -p budget per_member -p seeds '[0]' -p Ks '[1, 2, 4, 8, 12]' -p sizes '["tiny", "xs", "s"]' -p out_dir reports/study-sweeps \
+    -y "extra: {routing: learned}"
+}
+report() {     # the report notebook and the HTML site
+  $BIN/ens-distill-publish --runs_dir $OUT --sweeps_dir reports/study-sweeps --site_dir reports/site
+}
+
+stages=${*:-grid main tasks grid_ens sweep report}
+for s in $stages; do echo "=== stage $s ($(date +%T))"; $s; done
