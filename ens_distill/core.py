@@ -54,7 +54,7 @@ RANGES = dict(  # name: (low, high) inclusive
     K=(1, 1024), topk=(1, 1<<20), block_size=(4, 1<<16), n_clusters=(1, 4096), batch_size=(1, 1<<16),
     grad_accum=(1, 1<<16), alpha=(0., 1.), tau=(1e-3, 100.), jsd_beta=(0., 1.), skew=(0., 1.),
     ncl_lambda=(0., 1.), boost_q=(1e-4, 1.), bag_frac=(1e-3, 10.), cluster_in_frac=(0., 1.),
-    synthetic_frac=(0., 1.), gen_temperature=(0., 10.), gen_top_p=(1e-3, 1.), route_temp=(1e-4, 1e4), teacher_ft_lr=(0., 1.), lr=(0., 10.), min_lr_frac=(0., 1.), warmup_frac=(0., 1.),
+    synthetic_frac=(0., 1.), gen_temperature=(0., 10.), gen_top_p=(1e-3, 1.), gen_seed=(-1, 2**32-1), route_temp=(1e-4, 1e4), teacher_ft_lr=(0., 1.), lr=(0., 10.), min_lr_frac=(0., 1.), warmup_frac=(0., 1.),
     weight_decay=(0., 10.), grad_clip=(0., 1e6), dev_frac=(0., .5), test_frac=(0., .5),
     tokens_per_member=(0, 1<<50), max_tokens_per_domain=(0, 1<<50), eval_tokens_per_domain=(0, 1<<50),
     eval_limit=(0, 1<<30), ckpt_every=(0, 1<<40), log_every=(1, 1<<40), seed=(0, 2**32-1),
@@ -103,6 +103,7 @@ class RunConfig:
     synthetic_frac:float = 1.0 # share of teacher-generated data for 'synthetic'
     gen_temperature:float = 1.0 # teacher sampling temperature for 'synthetic'
     gen_top_p:float = 0.95 # teacher nucleus sampling mass for 'synthetic'
+    gen_seed:int = -1 # seed of the teacher generations for 'synthetic' (-1: the run's seed; fixed: one corpus for all seeds)
     route_temp:float = 0.1 # temperature of c-BTM tf-idf routing: softmax(-distance^2 / route_temp)
     teacher_ft_lr:float = 1e-4 # peak learning rate of 'teacher_ft'
     # training

@@ -31,18 +31,27 @@ main() {       # every method, seeds 0 1 2 (the study preset's); the teacher onc
   pm_run boosting-weighted0.25 -p method boosting -y "extra: {boost_mode: weighted}"
   pm_run teacher_ft -p method teacher_ft
   pm_run teacher -p method teacher -p seeds '[0]'
-  pm_run synthetic -p method synthetic
+  pm_run synthetic -p method synthetic -y "extra: {gen_seed: 0}"   # one teacher-generated corpus (seed 0) for all seeds
 }
-tasks() {      # the task suite (fixed 40-item subsamples, GSM8K first 10) on every main run
-  $BIN/papermill nbs/run_tasks.ipynb $OUT/tasks.ipynb -k python3 -p runs "[\"$OUT/*-K4-xs-s*\"]" -p exclude '["*-a0*", "*-t2-*"]'
+tasks() {      # the task suite (fixed 40-item subsamples) on every main run; GSM8K (first 10) on seed 0
+  local first='single_matched cbtm-learned cbtm independent teacher single'   # the headline entries first
+  local globs=$(for m in $first; do printf '"%s/%s-K4-xs-s*", ' $OUT $m; done)
+  local globs0=$(for m in $first; do printf '"%s/%s-K4-xs-s0", ' $OUT $m; done)
+  local mc='["ed_arc_easy", "ed_arc_challenge", "ed_hellaswag", "ed_mmlu_lite", "ed_lambada", "ed_boolq"]'
+  $BIN/papermill nbs/run_tasks.ipynb $OUT/tasks.ipynb -k python3 -p runs "[$globs \"$OUT/*-K4-xs-s*\"]" \
+    -p exclude '["*-a0*", "*-t2-*"]' -p tasks "$mc"
+  # GSM8K (10 generations, 5-shot) on seed 0 of every entry: it dominates the cost and scores 0 for every student
+  $BIN/papermill nbs/run_tasks.ipynb $OUT/tasks-gsm8k.ipynb -k python3 -p runs "[$globs0 \"$OUT/*-K4-xs-s0\"]" \
+    -p exclude '["*-a0*", "*-t2-*"]' -p tasks '["ed_gsm8k"]'
 }
 grid_ens() {   # the same grid for the best ensemble method (c-BTM, learned routing); keeps single's tau choice
   $BIN/papermill nbs/run_grid.ipynb $OUT/grid-cbtm-learned.ipynb -k python3 -p preset study -p method cbtm -p record False \
     -y "extra: {routing: learned}"
 }
-sweep() {      # K and member-size sweep of the best method at the study's per-member budget (seed 0)
+sweep() {      # K sweep (xs) and member-size sweep (K 1 and 4) of the best method at the study's per-member budget, seed 0
   $BIN/papermill nbs/run_scaling.ipynb $OUT/scaling-cbtm-learned.ipynb -k python3 -p preset study -p method cbtm \
-    -p budget per_member -p seeds '[0]' -p Ks '[1, 2, 4, 8, 12]' -p sizes '["tiny", "xs", "s"]' -p out_dir reports/study-sweeps \
+    -p budget per_member -p also_per_member False -p seeds '[0]' -p out_dir reports/study-sweeps \
+    -p pairs '[[1, "xs"], [2, "xs"], [4, "xs"], [8, "xs"], [12, "xs"], [1, "tiny"], [4, "tiny"], [1, "s"], [4, "s"]]' \
     -y "extra: {routing: learned}"
 }
 report() {     # the report notebook and the HTML site
