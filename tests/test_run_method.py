@@ -42,7 +42,9 @@ def test_grid_chooses_tau_and_run_method_reuses_it(tmp_path, cache):
                         parameters=dict(preset='smoke', method='single', alphas=[0.0, 1.0], taus=[1.0, 2.0],
                                         out_dir=str(tmp_path/'runs'), cache_dir=cache))
     choice = json.loads((tmp_path/'runs'/'tau_choice.json').read_text())
-    assert choice['tau'] in (1.0, 2.0) and len(choice['grid']) == 4
+    # alpha 0 (pure CE) ignores tau, so it runs once: 3 points, and the table also goes to grid-<name>.json
+    assert choice['tau'] in (1.0, 2.0) and sorted((r['alpha'], r['tau']) for r in choice['grid']) == [(0.0, 1.0), (1.0, 1.0), (1.0, 2.0)]
+    assert json.loads((tmp_path/'runs'/'grid-single-K2-tiny.json').read_text())['grid'] == choice['grid']
     assert all(math.isfinite(r['dev_ppl']) for r in choice['grid'])
     _run(tmp_path, cache, method='independent')
     m = json.loads(next((tmp_path/'runs').glob('independent*/metrics.json')).read_text())
