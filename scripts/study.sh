@@ -33,19 +33,21 @@ main() {       # every method, seeds 0 1 2 (the study preset's); the teacher onc
   pm_run teacher -p method teacher -p seeds '[0]'
   pm_run synthetic -p method synthetic -y "extra: {gen_seed: 0}"   # one teacher-generated corpus (seed 0) for all seeds
 }
-tasks() {      # the task suite (fixed 40-item subsamples) on every main run; GSM8K (first 10) on seed 0
-  local first='single_matched cbtm-learned cbtm independent teacher single'   # the headline entries first
-  local globs=$(for m in $first; do printf '"%s/%s-K4-xs-s*", ' $OUT $m; done)
-  local globs0=$(for m in $first; do printf '"%s/%s-K4-xs-s0", ' $OUT $m; done)
+tasks() {      # the task suite (fixed 40-item subsamples, the same items for every run); scores merge per run
+  local first='single_matched cbtm-learned cbtm cbtm-tfidf independent teacher single'   # the headline entries
+  local all=$(for m in $first; do printf '"%s/%s-K4-xs-s*", ' $OUT $m; done)
+  local s0=$(for m in $first; do printf '"%s/%s-K4-xs-s0", ' $OUT $m; done)
   local mc='["ed_arc_easy", "ed_arc_challenge", "ed_hellaswag", "ed_mmlu_lite", "ed_lambada", "ed_boolq"]'
-  $BIN/papermill nbs/run_tasks.ipynb $OUT/tasks.ipynb -k python3 -p runs "[$globs \"$OUT/*-K4-xs-s*\"]" \
-    -p exclude '["*-a0*", "*-t2-*"]' -p tasks "$mc"
-  # GSM8K (10 generations, 5-shot) on seed 0 of every entry: it dominates the cost and scores 0 for every student
-  $BIN/papermill nbs/run_tasks.ipynb $OUT/tasks-gsm8k.ipynb -k python3 -p runs "[$globs0 \"$OUT/*-K4-xs-s0\"]" \
-    -p exclude '["*-a0*", "*-t2-*"]' -p tasks '["ed_gsm8k"]'
+  local ex='["*-a0*", "*-t2-*"]'   # grid points are not entries of the task table
+  # 1. multiple choice + LAMBADA: every seed of the headline entries, seed 0 of the others
+  $BIN/papermill nbs/run_tasks.ipynb $OUT/tasks.ipynb -k python3 -p runs "[$all \"$OUT/*-K4-xs-s0\"]" -p exclude "$ex" -p tasks "$mc"
+  # 2. GSM8K (10 generations, 5-shot; the costliest task) on seed 0 of every entry
+  $BIN/papermill nbs/run_tasks.ipynb $OUT/tasks-gsm8k.ipynb -k python3 -p runs "[$s0 \"$OUT/*-K4-xs-s0\"]" -p exclude "$ex" -p tasks '["ed_gsm8k"]'
+  # 3. multiple choice + LAMBADA on the remaining seeds
+  $BIN/papermill nbs/run_tasks.ipynb $OUT/tasks-rest.ipynb -k python3 -p runs "[\"$OUT/*-K4-xs-s*\"]" -p exclude "$ex" -p tasks "$mc"
 }
-grid_ens() {   # the same grid for the best ensemble method (c-BTM, learned routing); keeps single's tau choice
-  $BIN/papermill nbs/run_grid.ipynb $OUT/grid-cbtm-learned.ipynb -k python3 -p preset study -p method cbtm -p record False \
+grid_ens() {   # alpha {0.5, 1} x tau {1, 2} for the best ensemble method (c-BTM, learned routing); keeps single's tau choice
+  $BIN/papermill nbs/run_grid.ipynb $OUT/grid-cbtm-learned.ipynb -k python3 -p preset study -p method cbtm -p record False -p alphas '[0.5, 1.0]' \
     -y "extra: {routing: learned}"
 }
 sweep() {      # K sweep (xs) and member-size sweep (K 1 and 4) of the best method at the study's per-member budget, seed 0
@@ -58,5 +60,5 @@ report() {     # the report notebook and the HTML site
   $BIN/ens-distill-publish --runs_dir $OUT --sweeps_dir reports/study-sweeps --site_dir reports/site
 }
 
-stages=${*:-grid main tasks grid_ens sweep report}
+stages=${*:-grid main grid_ens sweep tasks report}
 for s in $stages; do echo "=== stage $s ($(date +%T))"; $s; done
