@@ -33,27 +33,25 @@ main() {       # every method, seeds 0 1 2 (the study preset's); the teacher onc
   pm_run teacher -p method teacher -p seeds '[0]'
   pm_run synthetic -p method synthetic -y "extra: {gen_seed: 0}"   # one teacher-generated corpus (seed 0) for all seeds
 }
-tasks() {      # the task suite (fixed 40-item subsamples, the same items for every run); scores merge per run
-  local first='single_matched cbtm-learned cbtm cbtm-tfidf independent teacher single'   # the headline entries
-  local all=$(for m in $first; do printf '"%s/%s-K4-xs-s*", ' $OUT $m; done)
-  local s0=$(for m in $first; do printf '"%s/%s-K4-xs-s0", ' $OUT $m; done)
-  local mc='["ed_arc_easy", "ed_arc_challenge", "ed_hellaswag", "ed_mmlu_lite", "ed_lambada", "ed_boolq"]'
-  local ex='["*-a0*", "*-t2-*"]'   # grid points are not entries of the task table
-  # 1. multiple choice + LAMBADA: every seed of the headline entries, seed 0 of the others
-  $BIN/papermill nbs/run_tasks.ipynb $OUT/tasks.ipynb -k python3 -p runs "[$all \"$OUT/*-K4-xs-s0\"]" -p exclude "$ex" -p tasks "$mc"
-  # 2. GSM8K (10 generations, 5-shot; the costliest task) on seed 0 of every entry
-  $BIN/papermill nbs/run_tasks.ipynb $OUT/tasks-gsm8k.ipynb -k python3 -p runs "[$s0 \"$OUT/*-K4-xs-s0\"]" -p exclude "$ex" -p tasks '["ed_gsm8k"]'
-  # 3. multiple choice + LAMBADA on the remaining seeds
-  $BIN/papermill nbs/run_tasks.ipynb $OUT/tasks-rest.ipynb -k python3 -p runs "[\"$OUT/*-K4-xs-s*\"]" -p exclude "$ex" -p tasks "$mc"
-}
+# the task suite: fixed 40-item subsamples (the same items for every run); each pass adds scores to the runs' metrics
+HEAD='single_matched cbtm-learned cbtm cbtm-tfidf independent teacher single'   # the headline entries
+MC='["ed_arc_easy", "ed_arc_challenge", "ed_hellaswag", "ed_mmlu_lite", "ed_lambada", "ed_boolq"]'
+EX='["*-a0*", "*-t2-*"]'   # grid points are not entries of the task table
+globs() { for m in $HEAD; do printf '"%s/%s-K4-xs-%s", ' $OUT $m "$1"; done; }
+tasks_pass() { $BIN/papermill nbs/run_tasks.ipynb $OUT/$1.ipynb -k python3 -p runs "$2" -p exclude "$EX" -p tasks "$3"; }
+tasks1() { tasks_pass tasks-headline "[$(globs 's*')]" "$MC"; }                      # every seed of the headline entries
+tasks2() { tasks_pass tasks-others "[\"$OUT/*-K4-xs-s0\"]" "$MC"; }                 # seed 0 of every other entry
+tasks3() { tasks_pass tasks-gsm8k "[\"$OUT/teacher-K4-xs-s0\", \"$OUT/single_matched-K4-xs-s0\", \"$OUT/cbtm-learned-K4-xs-s0\"]" '["ed_gsm8k"]'; }  # 10 generations, 5-shot
+tasks4() { tasks_pass tasks-rest "[\"$OUT/*-K4-xs-s*\"]" "$MC"; }                   # the remaining seeds
+tasks() { tasks1; tasks2; tasks3; tasks4; }
 grid_ens() {   # alpha {0.5, 1} x tau {1, 2} for the best ensemble method (c-BTM, learned routing); keeps single's tau choice
   $BIN/papermill nbs/run_grid.ipynb $OUT/grid-cbtm-learned.ipynb -k python3 -p preset study -p method cbtm -p record False -p alphas '[0.5, 1.0]' \
     -y "extra: {routing: learned}"
 }
-sweep() {      # K sweep (xs) and member-size sweep (K 1 and 4) of the best method at the study's per-member budget, seed 0
+sweep() {      # K sweep (xs) and member-size sweep (tiny, xs, s at K=4) of the best method, per-member budget, seed 0
   $BIN/papermill nbs/run_scaling.ipynb $OUT/scaling-cbtm-learned.ipynb -k python3 -p preset study -p method cbtm \
     -p budget per_member -p also_per_member False -p seeds '[0]' -p out_dir reports/study-sweeps \
-    -p pairs '[[1, "xs"], [2, "xs"], [4, "xs"], [8, "xs"], [12, "xs"], [1, "tiny"], [4, "tiny"], [1, "s"], [4, "s"]]' \
+    -p pairs '[[1, "xs"], [2, "xs"], [4, "xs"], [8, "xs"], [12, "xs"], [4, "tiny"], [4, "s"]]' \
     -y "extra: {routing: learned}"
 }
 report() {     # the report notebook and the HTML site
