@@ -71,19 +71,11 @@ def matmul_gflops(dtype, device, n=2048, reps=3):
     return 2 * n**3 / best / 1e9
 
 
-def step_flops(cfg, K, B, T):
-    "Model FLOPs of one train step (3x forward: matmuls, tied head, causal attention)."
-    d, L, V, Fh = cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size, cfg.intermediate_size
-    hd = cfg.hidden_size // cfg.num_attention_heads
-    p_layer = d * hd * (cfg.num_attention_heads * 2 + cfg.num_key_value_heads * 2) + 3 * d * Fh
-    per_token = 2 * L * p_layer + 2 * V * d + 2 * L * T * d
-    return 3 * K * B * T * per_token
-
-
 def worker(a):
     mode, K, device = a.worker.split(','); K = int(K)
     import torch
     from ens_distill.core import get_config
+    from ens_distill.compute import step_flops
     from ens_distill.packed import PackedEnsemble, student_config
     from ens_distill.losses import distill_loss
     from ens_distill.train import batch_loss, _targets
@@ -134,7 +126,7 @@ def worker(a):
         t = time.perf_counter(); losses.append(step(*d)); sync(); times.append(time.perf_counter() - t)
     r = dict(mode=mode, K=K, device=device, size=a.size, B=a.B, T=a.T, s_per_step=min(times),
              tok_s=K * N / min(times), mem_mb=peak_rss_mb() - base, losses=losses,
-             flops=step_flops(cfg, K, a.B, a.T))
+             flops=step_flops(cfg, K, a.B * a.T, a.T))
     if device == 'cuda': r['gpu_mem_mb'] = torch.cuda.max_memory_allocated() / 2**20 - base_gpu
     print('RESULT ' + json.dumps(r), flush=True)
 

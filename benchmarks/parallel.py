@@ -29,7 +29,7 @@ class RandomTopK:
 def worker(a):
     "One rank: train its members for a.steps steps (independent, then ncl), then perplexity and generation."
     from ens_distill.core import get_config
-    from ens_distill.packed import PackedEnsemble, student_config, _auto_chunk
+    from ens_distill.packed import PackedEnsemble, student_config, chunk_size
     from ens_distill.train import Plan, train
     from ens_distill.parallel import init_dist, Comm, member_split, shard_members, ncl_mean_fn, parallel_perplexity, parallel_generate
     dev = init_dist(a.device); comm = Comm()
@@ -44,7 +44,7 @@ def worker(a):
                          log_every=10**6, tokens_per_member=a.steps * a.B * a.T, warmup_frac=0.)
         plan = Plan([torch.arange(len(tokens))] * (k1 - k0), member_ids=list(range(k0, k1)), shared=mode == 'ncl',
                     ncl_lambda=0.5 if mode == 'ncl' else 0.)
-        if mode == 'ncl': plan = replace(plan, ncl_mean=ncl_mean_fn(comm, a.K), chunk=_auto_chunk(a.K, a.vocab, None))
+        if mode == 'ncl': plan = replace(plan, ncl_mean=ncl_mean_fn(comm, a.K), chunk=chunk_size(a.K, a.vocab))
         ens = shard_members(full, k0, k1)
         train(ens, tokens, cache, replace(cfg, tokens_per_member=a.B * a.T), plan, progress=False)  # warm-up step
         comm.barrier(); b0 = dict(comm.bytes); t = time.perf_counter()

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_data.ipynb #41274970
 from __future__ import annotations
-import bz2, contextlib, csv, gzip, hashlib, io, json, math, os, re, shutil, time
+import bz2, contextlib, csv, gzip, hashlib, json, math, os, re, shutil, time
 from pathlib import Path
 import numpy as np
 import torch
@@ -12,6 +12,7 @@ import yaml
 import datasets
 from fastcore.basics import patch
 from .core import *
+from .runs import cache_path
 
 # %% auto #0
 __all__ = ['SOURCE_KEYS', 'HUMANEVAL_LANGS', 'TFIDF_PARAMS', 'DATA_VERSION', 'default_corpus_spec', 'load_corpus_spec',
@@ -216,7 +217,8 @@ def _documents(cfg:RunConfig, spec:dict)->dict:
         for src in spec[dom]:
             for i, (t, pr, rs) in enumerate(source_documents(src, data_dir, dom)):
                 did = f"{dom}/{src['name']}/{i:06d}"
-                for k, v in zip(cols, (did, dom, src['name'], t, pr, rs, split_of(did, cfg.dev_frac, cfg.test_frac))): cols[k].append(v)
+                row = (did, dom, src['name'], t, pr, rs, split_of(did, cfg.dev_frac, cfg.test_frac))
+                for k, v in zip(cols, row): cols[k].append(v)
     return cols
 
 def load_documents(cfg:RunConfig)->datasets.Dataset:
@@ -453,11 +455,14 @@ def _build(cfg:RunConfig, tok, spec:dict, out:Path, fp:str):
     for split, d, idx, ids in sel:
         rows = list(range(len(docs['doc_id']), len(docs['doc_id']) + len(idx)))
         for i, x in zip(idx, ids):
-            for k, v in zip(docs, (cols['doc_id'][i], d, split, cols['source'][i], clu[i], len(x), cols['text'][i])): docs[k].append(v)
+            row = (cols['doc_id'][i], d, split, cols['source'][i], clu[i], len(x), cols['text'][i])
+            for k, v in zip(docs, row): docs[k].append(v)
         cap = cfg.max_tokens_per_domain if split == 'train' else cfg.eval_tokens_per_domain
         b, r = pack(ids, rows, tok.eos_token_id, cfg.block_size, cap)
         dclu = np.asarray(docs['cluster'])[r] if len(b) else np.zeros((0, cfg.block_size), int)  # [N,T] cluster per token
-        blocks[split]['input_ids'] += list(b); blocks[split]['doc_idx'] += list(r); blocks[split]['domain'] += [d] * len(b)
+        blocks[split]['input_ids'] += list(b)
+        blocks[split]['doc_idx'] += list(r)
+        blocks[split]['domain'] += [d] * len(b)
         blocks[split]['cluster'] += [int(np.bincount(c, minlength=cfg.n_clusters).argmax()) for c in dclu]
     _save(cfg, out, fp, doms, docs, blocks, router, time.time() - t0)
 
@@ -489,7 +494,7 @@ def prepare_data(cfg:RunConfig, # data settings: corpus, domains, caps, block_si
     "The processed `Corpus` for `cfg` and `tok`, built once and cached under `cfg.cache_dir/data/<fingerprint>`."
     spec = load_corpus_spec(cfg.corpus)
     fp = data_fingerprint(cfg, tok, spec)
-    out = Path(cfg.cache_dir).expanduser()/'data'/fp
+    out = cache_path(cfg.cache_dir, 'data', fp)
     if (out/'meta.json').exists() and not rebuild: return Corpus(out, cached=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     _build(cfg, tok, spec, out, fp)

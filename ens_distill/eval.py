@@ -12,14 +12,13 @@ import torch
 from torch import nn, Tensor
 from tqdm.auto import tqdm
 from .core import *
-from .packed import combine, head_map
-from .losses import student_buckets, teacher_buckets, forward_kl
+from .packed import combine, head_map, chunk_size
+from .losses import student_buckets, teacher_buckets, forward_kl, kl_div
 
 # %% auto #0
 __all__ = ['STAT_FIELDS', 'TeacherAdapter', 'as_evaluable', 'brier', 'chunk_stats', 'js_div', 'member_diversity', 'TokenStats',
-           'div_stride', 'token_stats', 'ece', 'adaptive_ece', 'reliability', 'block_bytes', 'summarise',
-           'fit_temperature', 'evaluate', 'ensemble_gain', 'flatten_metrics', 'diversity_vs_gain', 'plot_domain_ppl',
-           'plot_reliability']
+           'div_stride', 'token_stats', 'ece', 'adaptive_ece', 'reliability', 'block_bytes', 'summarise', 'evaluate',
+           'ensemble_gain', 'flatten_metrics', 'diversity_vs_gain', 'plot_domain_ppl', 'plot_reliability']
 
 # %% ../nbs/60_eval.ipynb #f0bbd077
 class TeacherAdapter(nn.Module):
@@ -72,15 +71,10 @@ def chunk_stats(L:Tensor, # log-probs of R models [R,n,V]
     return torch.stack([-lpy, top.exp(), (pred == yR).float(), brier(L, yR), kl])
 
 # %% ../nbs/60_eval.ipynb #1bca5983
-def _kl_full(lp:Tensor, lq:Tensor)->Tensor:
-    "KL(p||q) over the last axis from log-probs (zero-probability entries contribute 0)."
-    lp, lq = lp.clamp_min(-1e30), lq.clamp_min(-1e30)
-    return (lp.exp() * (lp - lq)).sum(-1)
-
 def js_div(lp:Tensor, lq:Tensor)->Tensor:
     "Jensen-Shannon divergence (nats) between two distributions given as log-probs [..., V]."
     m = torch.logaddexp(lp, lq) - math.log(2)
-    return .5 * (_kl_full(lp, m) + _kl_full(lq, m))
+    return .5 * (kl_div(lp, m) + kl_div(lq, m))
 
 def member_diversity(lp:Tensor, # member log-probs [K,n,V]
                     )->Tensor: # [2,n]: mean pairwise JS, mean pairwise top-1 disagreement
@@ -101,7 +95,7 @@ def member_diversity(lp:Tensor, # member log-probs [K,n,V]
 # %% ../nbs/60_eval.ipynb #9a66b329
 def _chunk_size(K:int, R:int, V:int, chunk:int|None)->int:
     "Tokens per head chunk: at most `chunk`, and about 2**25 floats for the R models' log-probs."
-    return max(16, min(chunk or 1 << 30, 2**25 // (max(K, R) * V)))
+    return chunk_size(max(K, R), V, budget=2**25, lo=16, cap=chunk)
 
 def _batches(ens, tokens:Tensor, batch_size:int, amp, progress:bool=False):
     "Yield (block indices [B], hidden [K,B*(T-1),d], targets [B*(T-1)]) over `tokens` [N,T]."
@@ -121,8 +115,8 @@ def _check_inputs(ens, tokens, domains, cache, router_weights, rules):
     N, K = len(tokens), ens.head_weight.shape[0]
     if domains is not None and len(domains) != N: raise EnsDistillError(f"evaluate: {len(domains)} domain labels for {N} blocks; pass one label per block")
     if cache is not None and len(cache) != N: raise EnsDistillError(f"evaluate: the top-k cache has {len(cache)} blocks but tokens has {N}; pass the cache of this split")
-    bad = [r for r in rules if r not in ('mean', 'product', 'weighted')]
-    if bad: raise EnsDistillError(f"evaluate: unknown combine rules {bad}; choose from 'mean', 'product', 'weighted'")
+    bad = [r for r in rules if r not in COMBINE_RULES]
+    if bad: raise EnsDistillError(f"evaluate: unknown combine rules {bad}; choose from {list(COMBINE_RULES)}")
     if 'weighted' in rules and (router_weights is None or tuple(router_weights.shape) != (K, N)):
         raise EnsDistillError(f"evaluate: rule 'weighted' needs router_weights of shape [K={K}, N={N}]")
 
@@ -251,46 +245,6 @@ def summarise(ts:TokenStats, # statistics of one pass
     if ts.has_kl: out['kl'] = float(g('kl').double().mean())
     return out
 
-# %% ../nbs/60_eval.ipynb #6760914d
-def _grid_nll(ens, tokens, rules, grid:Tensor, router_weights, batch_size, chunk, amp)->Tensor:
-    "Total NLL [len(rules), G] of each rule at each temperature of `grid` [len(rules), G]."
-    K, V, _ = ens.head_weight.shape
-    tot = torch.zeros(grid.shape, dtype=torch.float64)
-    n = _chunk_size(K, 2 * K, V, chunk)
-    with torch.inference_mode():
-        for idx, h, y in _batches(ens, tokens, batch_size, amp):
-            T1 = y.numel() // len(idx)
-            w = router_weights[:, idx].to(h.device).float().repeat_interleave(T1, 1) if router_weights is not None else None
-            def fn(lp, sl):
-                out = [combine((lp / t).log_softmax(-1), r, None if w is None else w[:, sl]).gather(-1, y[sl, None])[:, 0]
-                       for r, ts_ in zip(rules, grid.tolist()) for t in ts_]
-                return -torch.stack(out)                                   # [len(rules)*G, n]
-            tot += head_map(h, ens.head_weight, fn, n).double().sum(1).cpu().view(grid.shape)
-    return tot
-
-# %% ../nbs/60_eval.ipynb #8019d3f8
-def fit_temperature(ens, # the model to calibrate
-                    tokens:Tensor, # dev blocks [N,T]
-                    rules=('mean', 'product'), # rules to fit a temperature for
-                    router_weights:Tensor|None=None, # [K,N] for rule 'weighted'
-                    lo:float=.25, hi:float=4., # initial search bracket
-                    points:int=9, rounds:int=3, # temperatures per round, rounds
-                    batch_size:int=8, chunk:int|None=1024, amp=None)->dict:
-    "The dev-NLL-minimising temperature of each rule: {rule: T} (coarse-to-fine grid search in log T)."
-    ens = as_evaluable(ens); rules = list(rules)
-    _check_inputs(ens, tokens, None, None, router_weights, rules)
-    a, b = torch.full((len(rules),), math.log(lo)), torch.full((len(rules),), math.log(hi))
-    done, slides = 0, 0
-    while done < rounds:
-        grid = torch.stack([torch.linspace(float(ai), float(bi), points) for ai, bi in zip(a, b)])  # log T
-        best = _grid_nll(ens, tokens, rules, grid.exp(), router_weights, batch_size, chunk, amp).argmin(1)
-        c, w = grid[torch.arange(len(rules)), best], b - a
-        edge = (best == 0) | (best == points - 1)
-        if done == 0 and edge.any() and slides < 4:    # optimum outside the bracket: slide it (same width)
-            a, b = torch.where(edge, c - w / 2, a), torch.where(edge, c + w / 2, b); slides += 1; continue
-        a, b = c - w / (points - 1), c + w / (points - 1); done += 1
-    return {r: float(math.exp(c_)) for r, c_ in zip(rules, c.tolist())}
-
 # %% ../nbs/60_eval.ipynb #d8c3de7f
 def _groups(domains, block:Tensor, holdout_domains)->tuple:
     "Token masks ({'overall', optional 'in_domain'/'ood'}, {domain: mask} in order of appearance)."
@@ -330,7 +284,7 @@ def evaluate(ens, # PackedEnsemble, TeacherAdapter, HF causal LM or anything wit
              batch_size:int=8, # blocks per trunk forward
              chunk:int|None=1024, # max tokens per head chunk
              holdout_domains=(), # OOD domains (cfg.holdout_domains): reported as 'ood' vs 'in_domain'
-             temperatures:dict|None=None, # {rule: T} from `fit_temperature` on dev: adds '<rule>_ts' entries
+             temperatures:dict|None=None, # {rule: T}, e.g. fitted on dev: adds '<rule>_ts' entries
              amp=None, # autocast dtype (e.g. torch.bfloat16) for matmuls; metrics stay fp32
              n_bins:int=15, # calibration bins
              div_every:int|None=None, # member diversity on every n-th token (None: `div_stride(K)`)
@@ -372,7 +326,8 @@ def flatten_metrics(d:dict, # nested result of `evaluate`
     items = d.items() if isinstance(d, dict) else enumerate(d)
     for k, v in items:
         key = f'{prefix}{sep}{k}' if prefix else str(k)
-        if isinstance(v, dict) or (isinstance(v, list) and v and isinstance(v[0], dict)): out.update(flatten_metrics(v, key, sep))
+        if isinstance(v, dict) or (isinstance(v, list) and v and isinstance(v[0], dict)):
+            out.update(flatten_metrics(v, key, sep))
         elif isinstance(v, (bool, np.bool_)): out[key] = float(v)
         elif isinstance(v, (int, float, np.number)): out[key] = float(v)
     return out

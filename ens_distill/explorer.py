@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from .core import *
 from .packed import combine, load_members
+from .losses import kl_div
 
 # %% auto #0
 __all__ = ['load_run', 'run_dirs', 'prompt_weights', 'analyse', 'show', 'has_widget_frontend', 'explorer', 'explore']
@@ -39,7 +40,7 @@ def prompt_weights(run:dict, prompt:str)->tuple:
     if cfg.method != 'cbtm' or cfg.routing == 'uniform': return np.full(K, 1. / K), 'uniform'
     try:
         from ens_distill.data import prepare_data
-        from ens_distill.methods import tfidf_weights
+        from ens_distill.routing import tfidf_weights
         d = torch.as_tensor(prepare_data(cfg, run['tokenizer']).router.distances([prompt]), dtype=torch.float32)
         w = tfidf_weights(d, torch.tensor([True]), cfg.route_temp)[:, 0].numpy()
         return w, 'tf-idf router' + (' (stand-in for the learned router)' if cfg.routing == 'learned' else '')
@@ -59,7 +60,7 @@ def analyse(run:dict, prompt:str, k:int=10, rule:str='mean')->dict:
     dists.update({f'member {i}': lp[i] for i in range(ens.K)})
     top = lambda l: pd.DataFrame([(repr(tok.decode([int(i)])), float(p)) for p, i in zip(*l[-1].exp().topk(k))], columns=['token', 'prob'])
     ens_lp = dists.get('weighted' if rule == 'weighted' and 'weighted' in dists else rule)
-    kl = (lt.exp() * (lt - ens_lp)).sum(-1)                                                      # [T]
+    kl = kl_div(lt, ens_lp)                                                                      # [T]
     toks = [tok.decode([int(i)]) for i in ids[0]]
     return dict(tables={n: top(l) for n, l in dists.items()}, weights=w, routing=how, kl=kl.numpy(), tokens=toks, rule=rule)
 
@@ -72,10 +73,13 @@ def show(a:dict, tables:bool=True, figsize_per=(2.6, 2.4)):
     for i, n in enumerate(names):
         ax = fig.add_subplot(gs[i // cols, i % cols]); t = a['tables'][n]
         ax.barh(range(len(t))[::-1], t.prob, color='C1' if n == 'teacher' else 'C0' if n in ('mean', 'product', 'weighted') else 'C2')
-        ax.set_yticks(range(len(t))[::-1], t.token, fontsize=7); ax.set_title(n, fontsize=9); ax.tick_params(axis='x', labelsize=7)
-    ax = fig.add_subplot(gs[rows - 1, 0]); ax.bar(range(len(a['weights'])), a['weights']); ax.set_title(f"router: {a['routing']}", fontsize=9)
+        ax.set_yticks(range(len(t))[::-1], t.token, fontsize=7)
+        ax.set_title(n, fontsize=9); ax.tick_params(axis='x', labelsize=7)
+    ax = fig.add_subplot(gs[rows - 1, 0])
+    ax.bar(range(len(a['weights'])), a['weights']); ax.set_title(f"router: {a['routing']}", fontsize=9)
     ax.set_xlabel('member'); ax = fig.add_subplot(gs[rows - 1, 1:])
-    ax.plot(a['kl'], 'o-', ms=3); ax.set_xticks(range(len(a['tokens'])), [repr(t)[1:-1] for t in a['tokens']], rotation=90, fontsize=7)
+    ax.plot(a['kl'], 'o-', ms=3)
+    ax.set_xticks(range(len(a['tokens'])), [repr(t)[1:-1] for t in a['tokens']], rotation=90, fontsize=7)
     ax.set_ylabel('KL(teacher||ens)'); ax.set_title(f"per-token KL, rule {a['rule']}", fontsize=9)
     fig.tight_layout(); plt.show()
     if tables:
@@ -101,7 +105,7 @@ def explorer(root='reports/runs', # where to look for runs with members
     if not runs: raise EnsDistillError(f"no runs with members/ under {root}; run an experiment first (make demo)")
     dd = W.Dropdown(options=runs, description='run', layout=W.Layout(width='70%'))
     tx = W.Textarea(value=prompt, description='prompt', layout=W.Layout(width='70%'))
-    rl = W.ToggleButtons(options=['mean', 'product', 'weighted'], description='KL rule'); out = W.Output()
+    rl = W.ToggleButtons(options=list(COMBINE_RULES), description='KL rule'); out = W.Output()
     def redraw(*_):
         with out:
             out.clear_output(wait=True)

@@ -19,7 +19,8 @@ from lm_eval.models.utils import (_add_special_kwargs, has_bos_prefix, handle_st
                                   postprocess_generated_text, resolve_max_length)
 import ens_distill
 from .core import *
-from .packed import PackedEnsemble, combine, head_map
+from .packed import PackedEnsemble, combine, head_map, chunk_size, decode, member_logp_fn
+from .runs import atomic_write, cache_path
 
 # %% auto #0
 __all__ = ['TASKS_DIR', 'MMLU_LITE', 'FEWSHOT_POOL', 'SUITE', 'GEN_TASKS', 'hellaswag_jsonl', 'mmlu_rows', 'local_splits',
@@ -42,14 +43,12 @@ def _cap_last(q:str)->str:
 def hellaswag_jsonl(data_dir=None, cache_dir=None)->Path:
     "Convert HellaSwag's 6-lines-per-item bz2 text to a JSONL in the cache (once); return its path."
     src = resolve_data_dir(data_dir)/'hellaswag'/'hellaswag_val_full.txt.bz2'
-    out = Path(cache_dir or default_cache_dir())/'lmeval'/f'hellaswag_val_{fingerprint(src.stat().st_size, "cap")}.jsonl'
+    out = cache_path(cache_dir, 'lmeval', f'hellaswag_val_{fingerprint(src.stat().st_size, "cap")}.jsonl')
     if out.exists(): return out
     with bz2.open(src, 'rt') as f: lines = f.read().splitlines()
     if len(lines) % 6: raise EnsDistillError(f"{src} has {len(lines)} lines, not a multiple of 6; is it the HellaSwag text file?")
     rows = [dict(query=_cap_last(lines[i]), gold=int(lines[i+1]), choices=lines[i+2:i+6]) for i in range(0, len(lines), 6)]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f'.tmp{os.getpid()}')
-    tmp.write_text(''.join(json.dumps(r) + '\n' for r in rows)); os.replace(tmp, out)
+    atomic_write(out, ''.join(json.dumps(r) + '\n' for r in rows))
     return out
 
 # %% ../nbs/65_lmeval.ipynb #b59f6e8d
@@ -134,7 +133,7 @@ def _pack(models:list, packed='auto'):
     "A `PackedEnsemble` of the models when possible (or asked for), else a `ModuleList`."
     if packed in (False, 'false', 'False'): return torch.nn.ModuleList(models)
     try: return PackedEnsemble.from_members(models).eval()
-    except Exception as e:
+    except Exception:
         if packed in (True, 'true', 'True'): raise
         return torch.nn.ModuleList(models)
 
@@ -200,7 +199,8 @@ def tokenizer_name(self:EnsembleLM)->str: return self.tokenizer.name_or_path.rep
 def tok_encode(self:EnsembleLM, string:str, add_special_tokens=None, left_truncate_len=None, **kwargs)->list:
     "Token ids of `string` (as lm-eval's hf model), optionally keeping only the last `left_truncate_len`."
     kw = _add_special_kwargs(add_special_tokens, self.add_bos_token)
-    if add_special_tokens is None and has_bos_prefix(string, self.tokenizer.decode(self.prefix_token_id)): kw['add_special_tokens'] = False
+    if add_special_tokens is None and has_bos_prefix(string, self.tokenizer.decode(self.prefix_token_id)):
+        kw['add_special_tokens'] = False
     enc = self.tokenizer.encode(string, **kw)
     return enc[-left_truncate_len:] if left_truncate_len else enc
 
@@ -223,7 +223,7 @@ def combined_map(self:EnsembleLM, ids:torch.Tensor, # token ids [B,T]
     with torch.no_grad():
         if isinstance(self.ens, PackedEnsemble): return head_map(self.ens.hidden(ids), self.ens.head_weight, comb, dim=0)
         logits = [m(ids).logits.flatten(0, 1) for m in self.ens]                  # K x [N,V]
-        N, n = logits[0].shape[0], max(16, 2**25 // (self.K * logits[0].shape[-1]))
+        N, n = logits[0].shape[0], chunk_size(self.K, logits[0].shape[-1], budget=2**25, lo=16)
         return torch.cat([comb(torch.stack([l[s:s+n].float().log_softmax(-1) for l in logits]), slice(s, min(s+n, N)))
                           for s in range(0, N, n)])
 
@@ -281,28 +281,26 @@ def next_logp(self:EnsembleLM, seqs:list)->torch.Tensor:
     return combine(lp, self.rule, w)                                                      # [B,V]
 
 # %% ../nbs/65_lmeval.ipynb #cfb2eeb6
+def _seq_logp(lm, seq:list):
+    "A `packed.decode` step for unpacked members: the whole sequence so far (no KV cache), last `max_length` tokens."
+    def f(x):
+        seq.extend(x[0].tolist())
+        return lm.next_logp([seq[-lm.max_length:]])
+    return f
+
 @patch
 def _generate(self:EnsembleLM, contexts:list, until:list, max_gen_toks:int, do_sample=False, temperature=0.0)->list:
     "Generated token lists for token-id `contexts` from the combined distribution (KV cache when packed)."
-    g = torch.Generator(device='cpu').manual_seed(int(self.seed))
+    g, eot = torch.Generator(device='cpu').manual_seed(int(self.seed)), self.eot_token_id
+    T = max(temperature, 1e-5) if do_sample and temperature > 0 else 0.                 # 0: greedy
     outs = []
     for ctx in contexts:
-        ids, out = torch.tensor([list(ctx)[-self.max_length:]], device=self.device), []  # [1,L]
-        cache = [] if isinstance(self.ens, PackedEnsemble) else None
-        for _ in range(max_gen_toks):
-            if cache is None: lp = self.next_logp([ids[0].tolist()[-self.max_length:]]).cpu()
-            else:
-                with torch.no_grad():
-                    h = self.ens.hidden(ids, cache)[:, :, -1]                              # [K,1,d]
-                    lp = combine(torch.einsum('kbd,kvd->kbv', h, self.ens.head_weight.to(h.dtype)).float().log_softmax(-1),
-                                 self.rule, self.weights).cpu()                              # [1,V]
-            t = int(torch.multinomial((lp / max(temperature, 1e-5)).softmax(-1), 1, generator=g)[0, 0]) if do_sample and temperature > 0 else int(lp.argmax(-1))
-            if t == self.eot_token_id: break
-            out.append(t)
-            if any(u and u in self.tok_decode(out) for u in until): break
-            nxt = torch.tensor([[t]], device=self.device)
-            ids = nxt if cache is not None else torch.cat([ids, nxt], 1)
-        outs.append(out)
+        ids = torch.tensor([list(ctx)[-self.max_length:]], device=self.device)                # [1,L]
+        L = ids.shape[1]
+        step = member_logp_fn(self.ens, self.rule, self.weights) if isinstance(self.ens, PackedEnsemble) else _seq_logp(self, [])
+        stop = lambda s: any(u and u in self.tok_decode(s[0, L:].tolist()) for u in until)
+        out = decode(step, ids, max_gen_toks, T, eot, g, stop=stop)[0, L:].tolist()
+        outs.append(out[:-1] if out and out[-1] == eot else out)                           # the end-of-text token is not text
     return outs
 
 @patch
@@ -374,7 +372,8 @@ def evaluate_tasks(model, # lm-eval model name ('hf', 'ens_distill'), an lm-eval
     "Scores per task (acc, acc_stderr, acc_norm, ..., n) of a model on lm-eval tasks, local `ed_*` ones included."
     from lm_eval import simple_evaluate
     from lm_eval.api.registry import MODEL_REGISTRY
-    if isinstance(model, (str, Path)) and model_args is None and str(model) not in MODEL_REGISTRY: model, model_args = model_spec(model)
+    if isinstance(model, (str, Path)) and model_args is None and str(model) not in MODEL_REGISTRY:
+        model, model_args = model_spec(model)
     tasks = tasks.split(',') if isinstance(tasks, str) else list(tasks)
     tm, samples = task_manager(data_dir, defaults=any(not str(t).startswith('ed_') for t in tasks)), None
     if limit is not None and sample == 'random':
@@ -398,10 +397,6 @@ def _task_row(r:dict)->dict:
     return dict(r, acc=r[k], acc_stderr=r.get(k.replace('exact_match', 'exact_match_stderr'))) if k else r
 
 # %% ../nbs/65_lmeval.ipynb #bffb3e01
-def _write_json(path:Path, obj):
-    "Write JSON atomically (a killed write never leaves a truncated file)."
-    tmp = path.with_suffix(f'.tmp{os.getpid()}'); tmp.write_text(json.dumps(obj, indent=1, default=float)); os.replace(tmp, path)
-
 def members_hash(run)->str:
     "A digest of a run's member weights: runs with identical members (c-BTM routing variants) share it."
     h = hashlib.sha256()
@@ -415,6 +410,7 @@ def run_tasks(run, # a finished run directory (members/ and metrics.json)
               gen_limit:int=10, # first items of generation tasks (GSM8K)
               seed:int=1234, combine:str='mean', dtype:str='bfloat16', batch_size:int=16,
               overwrite:bool=False, # score again tasks the run already has in tasks.json
+              data_dir=None, # the offline eval sets (default: `resolve_data_dir()`)
               cache_dir=None)->dict: # scores of identical members are reused from `cache_dir/lmeval/scores`
     "Score a run on the tasks it lacks; merge them into `<run>/tasks.json` and the key `tasks` of its `metrics.json`."
     p = Path(run); mpath, out = p/'metrics.json', p/'tasks.json'
@@ -422,18 +418,19 @@ def run_tasks(run, # a finished run directory (members/ and metrics.json)
     old = json.loads(out.read_text()) if out.exists() and not overwrite else dict(tasks={}, meta={})
     todo = [t for t in (tasks or SUITE) if t not in old['tasks']]
     if not todo: return old
-    cf = Path(cache_dir or default_cache_dir())/'lmeval'/'scores'/f'{members_hash(p)}-{combine}-{dtype}-{seed}-{limit}-{gen_limit}.json'
+    cf = cache_path(cache_dir, 'lmeval', 'scores', f'{members_hash(p)}-{combine}-{dtype}-{seed}-{limit}-{gen_limit}.json')
     known = {} if overwrite or not cf.exists() else json.loads(cf.read_text())
     res = dict(old['tasks'], **{t: known[t] for t in todo if t in known}); todo = [t for t in todo if t not in known]
     mc, gen = [t for t in todo if t not in GEN_TASKS], [t for t in todo if t in GEN_TASKS]
     model, margs = model_spec(p, combine=combine, dtype=dtype); t0 = time.time()
-    if mc: res.update(evaluate_tasks(model, mc, model_args=margs, limit=limit, sample='random', seed=seed, batch_size=batch_size))
-    for t in gen: res.update(evaluate_tasks(model, [t], model_args=margs, limit=gen_limit, num_fewshot=GEN_TASKS[t], seed=seed, batch_size=batch_size))
+    kw = dict(model_args=margs, seed=seed, batch_size=batch_size, data_dir=data_dir)
+    if mc: res.update(evaluate_tasks(model, mc, limit=limit, sample='random', **kw))
+    for t in gen: res.update(evaluate_tasks(model, [t], limit=gen_limit, num_fewshot=GEN_TASKS[t], **kw))
     res = {t: _task_row(r) for t, r in res.items()}
     meta = dict(limit=limit, gen_limit=gen_limit, seed=seed, combine=combine, dtype=dtype, seconds=old['meta'].get('seconds', 0) + time.time() - t0)
-    cf.parent.mkdir(parents=True, exist_ok=True); _write_json(cf, {**known, **{t: res[t] for t in todo}})
-    _write_json(out, dict(tasks=res, meta=meta))
-    m = json.loads(mpath.read_text()); m.update(tasks=res, tasks_meta=meta); _write_json(mpath, m)
+    atomic_write(cf, {**known, **{t: res[t] for t in todo}})
+    atomic_write(out, dict(tasks=res, meta=meta))
+    m = json.loads(mpath.read_text()); m.update(tasks=res, tasks_meta=meta); atomic_write(mpath, m)
     return dict(tasks=res, meta=meta)
 
 # %% ../nbs/65_lmeval.ipynb #6468ba94
@@ -450,7 +447,8 @@ def main(argv:list=None):
     from lm_eval.utils import setup_logging
     argv = list(sys.argv[1:] if argv is None else argv)
     dd = _pop_flag(argv, '--data_dir')
-    if dd or any(a.startswith('--tasks') or a == '-t' for a in argv): os.environ['ENS_DISTILL_DATA'] = str(resolve_data_dir(dd))
+    if dd or any(a.startswith('--tasks') or a == '-t' for a in argv):
+        os.environ['ENS_DISTILL_DATA'] = str(resolve_data_dir(dd))
     setup_logging()
     old, sys.argv = sys.argv, ['ens-distill-eval'] + argv
     try:

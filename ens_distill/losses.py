@@ -6,14 +6,13 @@
 from __future__ import annotations
 import math
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from .core import *
 
 # %% auto #0
-__all__ = ['TEACHER_FLOOR', 'KD_OBJECTIVES', 'student_buckets', 'teacher_buckets', 'forward_kl', 'reverse_kl', 'jsd', 'skew_kl',
-           'kd_term', 'ce', 'distill_loss', 'fkl_ce_grad', 'per_example', 'alpha_at', 'ncl_penalty', 'ensemble_kl',
-           'check_finite']
+__all__ = ['TEACHER_FLOOR', 'KD_OBJECTIVES', 'student_buckets', 'teacher_buckets', 'kl_div', 'forward_kl', 'reverse_kl', 'jsd',
+           'skew_kl', 'kd_term', 'ce', 'distill_loss', 'fkl_ce_grad', 'per_example', 'alpha_at', 'ncl_penalty',
+           'ensemble_kl', 'check_finite']
 
 # %% ../nbs/40_losses.ipynb #736348b8
 def _bshape(*shapes)->torch.Size:
@@ -79,8 +78,10 @@ def teacher_buckets(t_logp:Tensor, # teacher top-k log-probs [..., k]
 # %% ../nbs/40_losses.ipynb #0cdd6a79
 _NEG = -1e30  # floor for log-probs: exp() is 0, differences stay finite
 
-def _kl(lp:Tensor, lq:Tensor)->Tensor:
-    "KL(p||q) over the last dim from log-probs."
+def kl_div(lp:Tensor, # log-probs of p [..., n]
+           lq:Tensor, # log-probs of q [..., n]
+          )->Tensor: # [...]
+    "KL(p||q) over the last axis from log-probs (zero-probability entries of p contribute 0)."
     lp, lq = lp.clamp_min(_NEG), lq.clamp_min(_NEG)
     return (lp.exp() * (lp - lq)).sum(-1)
 
@@ -96,13 +97,13 @@ def forward_kl(t:Tensor, # teacher bucket log-probs [..., k+1]
                s:Tensor, # student bucket log-probs [..., k+1]
               )->Tensor: # [...]
     "KL(teacher || student) per token."
-    return _kl(t.float(), s.float())
+    return kl_div(t.float(), s.float())
 
 def reverse_kl(t:Tensor, # teacher bucket log-probs [..., k+1]
                s:Tensor, # student bucket log-probs [..., k+1]
               )->Tensor: # [...]
     "KL(student || teacher) per token."
-    return _kl(s.float(), t.float())
+    return kl_div(s.float(), t.float())
 
 # %% ../nbs/40_losses.ipynb #241b138c
 def jsd(t:Tensor, # teacher bucket log-probs [..., k+1]

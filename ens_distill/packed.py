@@ -15,10 +15,10 @@ from .core import *
 
 # %% auto #0
 __all__ = ['STUDENT_SIZES', 'student_config', 'PackedLayer', 'PackedEnsemble', 'load_members', 'pca_project', 'init_from_teacher',
-           'scratch', 'free_scratch', 'head_loss', 'head_map', 'combine', 'generate']
+           'scratch', 'chunk_size', 'head_loss', 'head_map', 'combine', 'decode', 'member_logp_fn', 'generate']
 
 # %% ../nbs/30_packed.ipynb #aed0c44b
-STUDENT_SIZES = dict(  # name: (layers, width, heads, kv heads, ffn)
+STUDENT_SIZES = dict(  # name: LlamaConfig fields of one member (layers, width, heads, kv heads, FFN width)
     tiny=dict(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, num_key_value_heads=2, intermediate_size=64),
     xs=dict(num_hidden_layers=2, hidden_size=128, num_attention_heads=4, num_key_value_heads=4, intermediate_size=384),
     s=dict(num_hidden_layers=4, hidden_size=192, num_attention_heads=6, num_key_value_heads=6, intermediate_size=512),
@@ -146,7 +146,8 @@ def hidden(self:PackedEnsemble, input_ids:Tensor, # token ids [B,T] (shared) or 
     off = torch.arange(K, device=input_ids.device)[:, None, None] * V
     x = F.embedding(input_ids + off, self.embed.view(K*V, d))              # [K,B,T,d]
     pad = self.config.pad_token_id
-    if pad is not None and self.embed.requires_grad and torch.is_grad_enabled(): x = torch.where((input_ids == pad)[..., None], x.detach(), x)
+    if pad is not None and self.embed.requires_grad and torch.is_grad_enabled():
+        x = torch.where((input_ids == pad)[..., None], x.detach(), x)
     if cache is not None and not cache: cache.extend({} for _ in self.layers)
     P = cache[0]['k'].shape[2] if cache and 'k' in cache[0] else 0       # tokens already in the cache
     freqs = torch.arange(P, P + T, device=x.device).float()[:, None] * self.inv_freq.float()
@@ -269,10 +270,6 @@ def scratch(name:str, shape, dtype:torch.dtype, device)->Tensor:
     if b is None or b.numel() < n: b = _SCRATCH[key] = torch.empty(n, dtype=dtype, device=device)
     return b[:n].view(*shape)
 
-def free_scratch():
-    "Release the buffers kept by `scratch`."
-    _SCRATCH.clear()
-
 class _ChunkedHeadLoss(torch.autograd.Function):
     "sum_chunks loss_fn(h_chunk @ W^T); gradients computed chunk by chunk during the forward."
     @staticmethod
@@ -308,9 +305,15 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         return gh.mul_(grad), gW.mul_(grad), None, None
 
 # %% ../nbs/30_packed.ipynb #4117c837
-def _auto_chunk(K:int, V:int, chunk_tokens)->int:
-    "Tokens per chunk: `chunk_tokens`, or about 2**26 logits (256 MB in fp32) per chunk, at least 256 tokens."
-    return int(chunk_tokens) if chunk_tokens else max(256, 2**26 // (K * V))
+def chunk_size(K:int, # models whose logits a chunk holds (members, or members plus combined rules)
+               V:int, # vocabulary size
+               fixed:int|None=None, # a fixed chunk size (returned as it is)
+               budget:int=2**26, # logits per chunk (2**26 fp32: 256 MB)
+               lo:int=256, # fewest tokens per chunk
+               cap:int|None=None)->int: # most tokens per chunk
+    "Tokens per head chunk: `fixed`, else about `budget` logits over K x V, between `lo` and `cap`."
+    if fixed: return int(fixed)
+    return max(lo, min(cap or 1 << 62, budget // (K * V)))
 
 def head_loss(h:Tensor, # hidden states [K,B,T,d] or [K,N,d]
               W:Tensor, # head weight [K,V,d]
@@ -319,7 +322,7 @@ def head_loss(h:Tensor, # hidden states [K,B,T,d] or [K,N,d]
     "Sum of `loss_fn` over token chunks without materialising all logits; gradients computed chunk by chunk."
     K, V, d = W.shape
     h = h.reshape(K, -1, d)                                                # [K,N,d]
-    n = _auto_chunk(K, V, chunk_tokens)
+    n = chunk_size(K, V, chunk_tokens)
     if torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):
         return _ChunkedHeadLoss.apply(h, W, loss_fn, n)
     with torch.no_grad():
@@ -347,7 +350,7 @@ def head_map(h:Tensor, # hidden states [K,B,T,d] or [K,N,d]
     "Concatenation of `fn(log_softmax(logits_chunk), sl)` over token chunks (no grad)."
     K, V, d = W.shape
     h = h.reshape(K, -1, d)
-    n, N = _auto_chunk(K, V, chunk_tokens), h.shape[1]
+    n, N = chunk_size(K, V, chunk_tokens), h.shape[1]
     with torch.no_grad():
         dt = _head_dtype(h)
         hc, Wc = h.to(dt), W.to(dt)
@@ -372,7 +375,7 @@ def combine(logp:Tensor, # member log-probs [K,...,V]
     K = logp.shape[0]
     if rule == 'mean': return torch.logsumexp(logp, 0) - math.log(K)
     if rule == 'product': return torch.log_softmax(logp.mean(0), -1)
-    if rule != 'weighted': raise EnsDistillError(f"unknown combine rule {rule!r}; choose 'mean', 'product' or 'weighted'")
+    if rule != 'weighted': raise EnsDistillError(f"unknown combine rule {rule!r}; choose one of {list(COMBINE_RULES)}")
     if weights is None or weights.shape[0] != K or weights.dim() >= logp.dim():
         raise EnsDistillError(f"combine(rule='weighted') needs weights of shape [K={K}] or [K,B]; got {None if weights is None else tuple(weights.shape)}")
     w = weights.to(logp.dtype)
@@ -381,6 +384,39 @@ def combine(logp:Tensor, # member log-probs [K,...,V]
 
 # %% ../nbs/30_packed.ipynb #db41c99a
 @torch.no_grad()
+def decode(next_logp, # (x [B,t]: the tokens not yet fed) -> combined next-token log-probs [B,V]
+           input_ids:Tensor, # prompt ids [B,T]
+           max_new_tokens:int=32, # tokens to add
+           temperature:float=0., # 0: greedy, else sample from the combined distribution / temperature
+           eos_token_id:int|None=None, # a sequence that emitted this keeps emitting it; all done: stop
+           generator:torch.Generator|None=None, # sampling generator (on the CPU)
+           pick=None, # optional (next ids [B]) -> next ids [B], e.g. rank 0's choice broadcast to every rank
+           stop=None)->Tensor: # optional (ids [B,T+n]) -> True to stop early (e.g. a stop string)
+    "The one decoding loop: prompt plus up to `max_new_tokens` tokens from `next_logp` [B,T+n]."
+    ids = x = input_ids
+    done = torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
+    for _ in range(max_new_tokens):
+        lp = next_logp(x)                                                   # [B,V]
+        if temperature <= 0: nxt = lp.argmax(-1)
+        else: nxt = torch.multinomial((lp / temperature).softmax(-1).cpu(), 1, generator=generator)[:, 0].to(lp.device)
+        if pick is not None: nxt = pick(nxt)
+        if eos_token_id is not None:
+            nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt); done |= nxt == eos_token_id
+        ids, x = torch.cat([ids, nxt[:, None]], 1), nxt[:, None]
+        if (eos_token_id is not None and bool(done.all())) or (stop is not None and stop(ids)): break
+    return ids
+
+# %% ../nbs/30_packed.ipynb #db41c99b
+def member_logp_fn(ens:PackedEnsemble, # the members
+                   rule:str='mean', # how members combine (see `combine`)
+                   weights:Tensor=None): # rule='weighted': member weights [K] or [K,B]
+    "A `decode` step for `ens`: feed new tokens through the KV cache, combine the members' next-token log-probs."
+    cache = []
+    def f(x):
+        h = ens.hidden(x, cache)[:, :, -1]                                  # [K,B,d]
+        return combine(torch.einsum('kbd,kvd->kbv', h, ens.head_weight).float().log_softmax(-1), rule, weights)  # [B,V]
+    return f
+
 def generate(ens:PackedEnsemble, input_ids:Tensor, # prompt ids [B,T] (same length; left-pad yourself)
              max_new_tokens:int=32, # tokens to add
              rule:str='mean', # how members combine (see `combine`)
@@ -389,13 +425,4 @@ def generate(ens:PackedEnsemble, input_ids:Tensor, # prompt ids [B,T] (same leng
              eos_token_id:int|None=None, # stop a sequence once it emits this
              generator:torch.Generator|None=None)->Tensor:
     "Prompt plus up to `max_new_tokens` tokens decoded from the combined distribution [B,T+n]."
-    cache, ids, done = [], input_ids, torch.zeros(len(input_ids), dtype=torch.bool, device=input_ids.device)
-    x = input_ids
-    for _ in range(max_new_tokens):
-        h = ens.hidden(x, cache)[:, :, -1]                                  # [K,B,d]
-        lp = combine(torch.einsum('kbd,kvd->kbv', h, ens.head_weight).float().log_softmax(-1), rule, weights)  # [B,V]
-        nxt = lp.argmax(-1) if temperature <= 0 else torch.multinomial((lp / temperature).softmax(-1), 1, generator=generator)[:, 0]
-        if eos_token_id is not None: nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt); done |= nxt == eos_token_id
-        ids, x = torch.cat([ids, nxt[:, None]], 1), nxt[:, None]
-        if eos_token_id is not None and bool(done.all()): break
-    return ids
+    return decode(member_logp_fn(ens, rule, weights), input_ids, max_new_tokens, temperature, eos_token_id, generator)

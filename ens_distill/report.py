@@ -4,32 +4,28 @@
 
 # %% ../nbs/80_report.ipynb #e39a4e94
 from __future__ import annotations
-import base64, html, json, math, os, re, shutil, time
+import html, json, math, os, shutil, time
 from pathlib import Path
 import numpy as np
 import pandas as pd
 from fastcore.script import call_parse
 from .core import *
-from .scaling import read_run, fake_run, load_sweeps, fit_sweep, scaling_figure, fit_table
+from .runs import seed_stats, variant_of
+from .scaling import read_run
 
 # %% auto #0
-__all__ = ['GROUP_KEYS', 'NON_ENSEMBLE', 'collect_runs', 'seed_groups', 'task_names', 'leaderboard', 'format_leaderboard',
-           'routing_ablation', 'diversity_ablation', 'objective_grid', 'calibration_table', 'domain_table',
-           'task_table', 'missing_methods', 'load_latency', 'win_ensemble_vs_matched', 'win_specialization',
-           'win_latency', 'win_conditions', 'render_html', 'publish', 'publish_cli']
+__all__ = ['GROUP_KEYS', 'collect_runs', 'seed_groups', 'task_names', 'leaderboard', 'format_leaderboard', 'routing_ablation',
+           'diversity_ablation', 'objective_grid', 'calibration_table', 'domain_table', 'task_table', 'missing_methods',
+           'load_latency', 'win_ensemble_vs_matched', 'win_specialization', 'win_latency', 'win_conditions',
+           'render_html', 'publish', 'publish_cli']
 
 # %% ../nbs/80_report.ipynb #4e881a07
-def _variant(run:str, method:str)->str:
-    "A run's method and variant settings from its folder name (`cbtm-learned`, `boosting-topq0.1`, `single-a0.5-t2`)."
-    v = re.sub(r'-K\d+-[^-]+-s\d+$', '', run)
-    return v if v.startswith(str(method)) else str(method)
-
 def collect_runs(root='reports/runs')->pd.DataFrame:
     "Every finished run under `root` as one row (config.yaml + metrics.json fields, and its `variant`); empty without runs."
     root = Path(root)
     paths = sorted(p.parent for p in root.rglob('metrics.json') if '.ipynb_checkpoints' not in p.parts) if root.exists() else []
     df = pd.DataFrame([read_run(p) for p in paths])
-    return df.assign(variant=[_variant(r, m) for r, m in zip(df.run, df.method)]) if len(df) else df
+    return df.assign(variant=[variant_of(r, m) for r, m in zip(df.run, df.method)]) if len(df) else df
 
 # %% ../nbs/80_report.ipynb #545460f9
 GROUP_KEYS = ['method', 'variant', 'cfg_K', 'K', 'size', 'objective', 'alpha', 'tau', 'alpha_schedule', 'routing', 'tokens_per_member', 'teacher']
@@ -38,11 +34,7 @@ def _keys(df:pd.DataFrame)->list: return [k for k in GROUP_KEYS if k in df]
 
 def seed_groups(df:pd.DataFrame, metrics:list)->pd.DataFrame:
     "Mean, sd and count over seeds of `metrics` for each configuration (runs equal but for the seed)."
-    if df.empty: return pd.DataFrame()
-    keys, ms = _keys(df), [m for m in metrics if m in df]
-    g = df.assign(**{k: df[k].fillna('') for k in keys}).groupby(keys, sort=False, dropna=False)
-    out = g[ms].mean().add_suffix('_mean').join(g[ms].std(ddof=1).fillna(0.).add_suffix('_sd'))
-    return out.join(g.size().rename('n_seeds')).reset_index()
+    return seed_stats(df, _keys(df), metrics)
 
 # %% ../nbs/80_report.ipynb #f02307ec
 def task_names(df:pd.DataFrame)->list:
@@ -179,8 +171,6 @@ def load_latency(path='reports/latency.json')->pd.DataFrame:
     return pd.DataFrame(rows)
 
 # %% ../nbs/80_report.ipynb #07dd7589
-NON_ENSEMBLE = ('single', 'single_matched', 'raw', 'teacher', 'teacher_ft')
-
 def _compute(d:dict, sfx:str)->str:
     "'; tokens a vs b, FLOPs a vs b' for two joined leaderboard rows (empty without the columns)."
     if f'train_flops_mean{sfx}' not in d or f'total_tokens_mean{sfx}' not in d: return ''
@@ -200,7 +190,8 @@ def win_ensemble_vs_matched(lb:pd.DataFrame, min_tasks:int=2)->dict:
     name = 'ensemble of K small members >= compute-matched single student (perplexity and >= 2 tasks)'
     if lb.empty or 'single_matched' not in set(lb.method): return _verdict(name, None, 'no single_matched run.')
     sm = lb[lb.method == 'single_matched'].assign(K=lambda d: d.cfg_K if 'cfg_K' in d else d.K)
-    ens = lb[~lb.method.isin(NON_ENSEMBLE) & (lb.K > 1)]
+    from ens_distill.methods import method_names
+    ens = lb[lb.method.isin(method_names(ensemble=True)) & (lb.K > 1)]
     pairs = ens.merge(sm, on=['K', 'size'], suffixes=('', '_sm'))
     if pairs.empty: return _verdict(name, None, f"no ensemble run with the K and size of a single_matched run ({sm[['K', 'size']].drop_duplicates().values.tolist()}).")
     tasks = [c[:-5] for c in lb.columns if c.startswith('acc_') and c.endswith('_mean')]
@@ -242,7 +233,8 @@ def win_latency(lat:pd.DataFrame, latency_tol:float=1.5)->dict:
     if single.empty or ens.empty: return _verdict(name, None, 'the latency benchmark lacks a single-model row or an ensemble row.')
     lines, oks = [], []
     for r in ens.itertuples():   # against the fastest single model at the same batch size (when the rows give one)
-        b = getattr(r, 'batch', None); same = single[single.batch == b] if b is not None and 'batch' in single and (single.batch == b).any() else single
+        b = getattr(r, 'batch', None)
+        same = single[single.batch == b] if b is not None and 'batch' in single and (single.batch == b).any() else single
         s = float(same.latency_ms.min()); ratio = r.latency_ms / s; oks.append(ratio <= latency_tol)
         lines.append(f"{r.name}{f' (K={int(r.K)})' if 'K' in lat and not pd.isna(r.K) else ''}{f', batch {b}' if b is not None else ''}: "
                      f"{r.latency_ms:.3g} ms vs single {s:.3g} ms = {ratio:.2f}x.")

@@ -5,20 +5,22 @@
 # %% ../nbs/70_scaling.ipynb #e540fafc
 from __future__ import annotations
 import json, math, warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
 from scipy.optimize import least_squares
 from .core import *
-from .packed import STUDENT_SIZES
+from .compute import llama_params, train_flops, tokens_for_flops
+from .runs import atomic_write, is_finished, run_name, run_path, run_record, seed_stats
+from .packed import STUDENT_SIZES, student_config
 
 # %% auto #0
 __all__ = ['SWEEP_K', 'BUDGETS', 'CONFIG_KEYS', 'member_params', 'tokens_for', 'sweep_points', 'read_run', 'fake_run',
            'sweep_dir', 'sweep_configs', 'is_done', 'run_sweep', 'teacher_vocab_size', 'save_sweep', 'load_sweeps',
            'law_kn', 'law_k', 'PowerFit', 'fit_law_kn', 'fit_law_k', 'needed_K', 'needed_N', 'residuals', 'fit_sweep',
-           'fit_table', 'seed_agg', 'plot_scaling', 'scaling_figure']
+           'fit_table', 'plot_scaling', 'scaling_figure']
 
 # %% ../nbs/70_scaling.ipynb #1ba63417
 SWEEP_K = [1, 2, 4, 8, 12]
@@ -26,17 +28,14 @@ BUDGETS = ('per_member', 'total_tokens', 'total_flops')
 
 def member_params(size:str, # a key of `STUDENT_SIZES`
                   vocab_size:int)->int: # the teacher's vocabulary size
-    "Parameters of one student member of `size` (tied embeddings)."
-    if size not in STUDENT_SIZES: raise EnsDistillError(f"unknown student size {size!r}; choose one of {list(STUDENT_SIZES)}")
-    s = STUDENT_SIZES[size]; d, L, f = s['hidden_size'], s['num_hidden_layers'], s['intermediate_size']
-    kv = s['num_key_value_heads'] * d // s['num_attention_heads']
-    return vocab_size * d + L * (2 * d * d + 2 * d * kv + 3 * d * f + 2 * d) + d
+    "Parameters of one student member of `size` (tied embeddings; `compute.llama_params` of its config)."
+    return llama_params(student_config(size, vocab_size))
 
 # %% ../nbs/70_scaling.ipynb #ca145acb
 def tokens_for(K:int, N:int, budget:float, mode:str)->int:
     "Tokens per member of a K-member ensemble of N-parameter members under a budget `mode`."
     if mode not in BUDGETS: raise EnsDistillError(f"unknown budget {mode!r}; choose one of {list(BUDGETS)}")
-    t = budget if mode == 'per_member' else budget / K if mode == 'total_tokens' else budget / (6. * N * K)
+    t = budget if mode == 'per_member' else budget / K if mode == 'total_tokens' else tokens_for_flops(budget, N, K)
     return max(1, int(round(t)))
 
 def sweep_points(Ks:list, # member counts
@@ -90,16 +89,16 @@ def fake_run(root, # folder the run directory goes into
              method:str='independent', K:int=2, size:str='tiny', seed:int=0, test_ce:float=3.0,
              name:str|None=None, **metrics)->Path:
     "Write a minimal finished run directory (config.yaml, metrics.json, eval.json) for tests and demos."
-    cfg = get_config('smoke', method=method, K=K, size=size, seed=seed, out_dir=str(root), **{k: metrics.pop(k) for k in list(metrics) if k in CONFIG_KEYS})
+    over = {k: metrics.pop(k) for k in list(metrics) if k in CONFIG_KEYS}
+    cfg = get_config('smoke', method=method, K=K, size=size, seed=seed, out_dir=str(root), **over)
     p = Path(root)/(name or run_name(cfg)); p.mkdir(parents=True, exist_ok=True); to_yaml(cfg, p/'config.yaml')
-    N = metrics.pop('params_per_member', member_params(size, 384))
-    m = dict(method=method, size=size, seed=seed, objective=cfg.objective, alpha=cfg.alpha, tau=cfg.tau, rule=cfg.combine,
-             test_ce=test_ce, test_ppl=math.exp(test_ce), kl_teacher=.1, ece=.05, brier=.9, top1_acc=.3,
-             mean_member_ppl=math.exp(test_ce) * 1.05, ensemble_gain=.05, js=.01, disagreement=.1, ppl_by_domain={'stories': math.exp(test_ce)},
-             K=K, tokens_per_member=cfg.tokens_per_member, params_per_member=N, total_params=N * K,
-             train_flops=6. * N * cfg.tokens_per_member * K, phases={'train': 1.}, wall_s=1.)
-    m.update(metrics); (p/'metrics.json').write_text(json.dumps(m))
-    (p/'eval.json').write_text(json.dumps(dict(meta=dict(K=K))))
+    N, ppl = metrics.pop('params_per_member', member_params(size, 384)), math.exp(test_ce)
+    hl = dict(rule=cfg.combine, test_ce=test_ce, test_ppl=ppl, kl_teacher=.1, ece=.05, brier=.9, top1_acc=.3,
+              mean_member_ppl=ppl * 1.05, ensemble_gain=.05, js=.01, disagreement=.1, ppl_by_domain={'stories': ppl})
+    summ = dict(K=K, tokens_per_member=cfg.tokens_per_member, params_per_member=N,
+                train_flops=train_flops(N, cfg.tokens_per_member, K))
+    atomic_write(p/'metrics.json', {**run_record(cfg, hl, summ, phases={'train': 1.}, wall_s=1.), **metrics})
+    atomic_write(p/'eval.json', dict(meta=dict(K=K)))
     return p
 
 CONFIG_KEYS = set(RunConfig.__dataclass_fields__)
@@ -123,8 +122,8 @@ def sweep_configs(base:RunConfig, # settings shared by all points (data, teacher
 
 def is_done(cfg:RunConfig)->bool:
     "True when `cfg`'s run directory holds a finished run with the same settings."
-    p = Path(cfg.out_dir)/run_name(cfg)
-    if not (p/'metrics.json').exists() or not (p/'config.yaml').exists(): return False
+    p = run_path(cfg)
+    if not is_finished(p) or not (p/'config.yaml').exists(): return False
     old = yaml.safe_load((p/'config.yaml').read_text()) or {}
     new = yaml.safe_load(to_yaml(cfg))
     return all(old.get(k) == v for k, v in new.items() if k not in _IGNORE)
@@ -144,7 +143,7 @@ def run_sweep(base:RunConfig, # shared settings (see `sweep_configs`)
               verbose:bool=True,
               pairs:list|None=None)->pd.DataFrame: # explicit [K, size] points instead of the Ks x sizes grid
     "Run (or reuse) every point of a K x size sweep; return and save the sweep table."
-    if runner is None: from ens_distill.methods import run_method as runner
+    if runner is None: from ens_distill.pipeline import run_method as runner
     if vocab_size is None: vocab_size = teacher_vocab_size(base)
     pts = sweep_points(Ks, sizes, budget, mode, vocab_size, pairs)
     for c in sweep_configs(base, pts, out_dir, method, seeds):
@@ -169,8 +168,8 @@ def save_sweep(out_dir, method:str, mode:str, points:pd.DataFrame|None=None)->pd
     if points is not None and len(df):
         keep = points[['K', 'size', 'budget', 'budget_mode']]
         df = df.drop(columns=[c for c in ('budget', 'budget_mode') if c in df]).merge(keep, on=['K', 'size'], how='inner')
-    df.to_csv(d.with_suffix('.csv'), index=False)
-    d.with_suffix('.json').write_text(df.to_json(orient='records', indent=1))
+    atomic_write(d.with_suffix('.csv'), df.to_csv(index=False))
+    atomic_write(d.with_suffix('.json'), df.to_json(orient='records', indent=1))
     return df
 
 def load_sweeps(out_dir='reports/sweeps')->pd.DataFrame:
@@ -329,20 +328,19 @@ def fit_table(fits:dict, level:float=95)->pd.DataFrame:
     return pd.DataFrame(rows).set_index('law') if rows else pd.DataFrame()
 
 # %% ../nbs/70_scaling.ipynb #2db0d3c3
-def seed_agg(df:pd.DataFrame, by:list, y:str)->pd.DataFrame:
-    "Mean, sd and count of `y` over seeds for each group of `by` (plus mean N, K, total params, FLOPs)."
-    extra = [c for c in ('N', 'total_params', 'train_flops', 'tokens_per_member') if c in df and c not in by]
-    g = df.dropna(subset=[y]).groupby(by, sort=True)
-    out = g[y].agg(['mean', 'std', 'count']).rename(columns={'std': 'sd', 'count': 'n'})
-    return out.join(g[extra].mean()).reset_index().fillna({'sd': 0.})
+_EXTRA = ('N', 'total_params', 'train_flops', 'tokens_per_member')  # averaged over seeds with each point
 
 # %% ../nbs/70_scaling.ipynb #eb73f035
 def _curve(fit, x:str, g:pd.DataFrame, dense:bool):
     "x values and (fit, lo, hi) of a fitted law along one group's points (dense in K or N when possible)."
     if fit is None: return None
     N0, K0 = float(g.N.mean()) if 'N' in g else None, float(g.K.mean())
-    if x == 'K': K = np.geomspace(max(1, g.K.min() * .9), g.K.max() * 1.1, 60) if dense else g.K.values; N = np.full_like(K, N0, dtype=float); xs = K
-    elif x == 'N': N = np.geomspace(g.N.min() * .8, g.N.max() * 1.25, 60) if dense else g.N.values; K = np.full_like(N, K0, dtype=float); xs = N
+    if x == 'K':
+        K = xs = np.geomspace(max(1, g.K.min() * .9), g.K.max() * 1.1, 60) if dense else g.K.values
+        N = np.full_like(K, N0, dtype=float)
+    elif x == 'N':
+        N = xs = np.geomspace(g.N.min() * .8, g.N.max() * 1.25, 60) if dense else g.N.values
+        K = np.full_like(N, K0, dtype=float)
     else: K, N, xs = g.K.values.astype(float), g.N.values.astype(float), g[x].values
     return xs, fit(K, N if fit.kind == 'KN' else None), *fit.band(K, N if fit.kind == 'KN' else None)
 
@@ -358,7 +356,8 @@ def plot_scaling(df:pd.DataFrame, # sweep table (one row per run)
     import matplotlib.pyplot as plt
     if ax is None: _, ax = plt.subplots(figsize=figsize)
     hue = hue or ('size' if x == 'K' else 'K'); tf = fit_transform or (lambda v: v)
-    agg = seed_agg(df, [hue, 'K', 'size'] if hue not in ('K', 'size') else ['K', 'size'], y)
+    by = [hue, 'K', 'size'] if hue not in ('K', 'size') else ['K', 'size']
+    agg = seed_stats(df.dropna(subset=[y]), by, [y], _EXTRA).rename(columns={f'{y}_mean': 'mean', f'{y}_sd': 'sd'})
     order = list(STUDENT_SIZES) if hue == 'size' else sorted(agg[hue].unique())
     for i, h in enumerate([h for h in order if h in set(agg[hue])]):
         g = agg[agg[hue] == h].sort_values(x); c = f'C{i}'
@@ -367,7 +366,8 @@ def plot_scaling(df:pd.DataFrame, # sweep table (one row per run)
         cv = _curve(f, x, g, dense=x in ('K', 'N'))
         if cv is None: ax.plot(g[x], g['mean'], '-', color=c, lw=1, alpha=.6); continue
         xs, v, lo, hi = cv; o = np.argsort(xs)
-        ax.plot(xs[o], tf(v[o]), '-', color=c, lw=1.2); ax.fill_between(xs[o], tf(lo[o]), tf(hi[o]), color=c, alpha=.15, lw=0)
+        ax.plot(xs[o], tf(v[o]), '-', color=c, lw=1.2)
+        ax.fill_between(xs[o], tf(lo[o]), tf(hi[o]), color=c, alpha=.15, lw=0)
     if logx: ax.set_xscale('log')
     ax.set_xlabel({'K': 'members K', 'N': 'params per member N', 'total_params': 'total params (K x N)', 'train_flops': 'training FLOPs'}.get(x, x))
     ax.set_ylabel(y); ax.legend(fontsize='x-small', framealpha=.6)

@@ -5,23 +5,22 @@
 # %% ../nbs/20_teacher.ipynb #7454eb42
 from __future__ import annotations
 import contextlib, hashlib, importlib.util, json, os, shutil, struct, time
-from dataclasses import asdict
 from pathlib import Path
 import numpy as np
 import torch
 from fastcore.basics import patch
-from fastcore.script import call_parse
 from safetensors.numpy import save as st_save
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from .core import *
+from .compute import count_params, forward_flops
+from .runs import atomic_write, cache_path
 
 # %% auto #0
 __all__ = ['TINY_SPECIALS', 'TINY_CHAT_TEMPLATE', 'SMOLLM2_GGUF', 'TEACHERS', 'U8_STEP', 'CACHE_DTYPES', 'CACHE_FORMAT', 'SPLITS',
            'tiny_tokenizer', 'tiny_llama_config', 'tiny_teacher', 'smollm2_gguf', 'convert_gguf', 'teacher_dir',
            'load_teacher', 'teacher_name', 'teacher_vocab', 'tokenizer_hash', 'tokens_hash', 'topk_logprobs',
-           'encode_logprobs', 'decode_logprobs', 'TopKCache', 'topk_dir', 'teacher_caches', 'generate_synthetic',
-           'prompts_from_texts', 'synthetic_documents', 'prepare_run', 'prepare']
+           'encode_logprobs', 'decode_logprobs', 'TopKCache', 'topk_dir', 'teacher_caches']
 
 # %% ../nbs/20_teacher.ipynb #36802190
 _TINY_TEXT = [
@@ -123,7 +122,7 @@ def _hf_load(path, dtype):
 
 def teacher_dir(spec:str, cache_dir=None)->Path:
     "Where the converted copy of a built-in teacher lives."
-    return Path(cache_dir or default_cache_dir()).expanduser()/'teachers'/spec
+    return cache_path(cache_dir, 'teachers', spec)
 
 # %% ../nbs/20_teacher.ipynb #0e699d19
 TEACHERS = ('smollm2-135m-instruct', 'tiny-random')
@@ -294,16 +293,12 @@ def _check_tokens(tokens, V:int, k:int):
         f"top-k cache: token id {int(tokens.max())} is outside the teacher vocab [0, {V}); "
         "tokenize the data with this teacher's tokenizer")
 
-def _write_json(path:Path, d:dict):
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(d, indent=1)); os.replace(tmp, path)
-
 # %% ../nbs/20_teacher.ipynb #d1a2160f
 def _resume_manifest(out:Path, fp:dict, base:dict)->dict:
     "The manifest to continue from: an existing one with the same fingerprint, or a fresh one."
     man = out/'manifest.json'
     if not man.exists():
-        if out.exists() and any(not p.name.startswith(('shard_', '.shard_', 'manifest')) for p in out.iterdir()):
+        if out.exists() and any(not p.name.startswith(('shard_', '.shard_', 'manifest', '.manifest')) for p in out.iterdir()):
             raise EnsDistillError(f"{out} exists and is not a top-k cache; pass another out_dir")
         return dict(base, fingerprint=fp, shards=[], complete=False)
     old = json.loads(man.read_text())
@@ -351,9 +346,9 @@ def build(cls:TopKCache, model, # teacher causal LM (HF)
     N, T = tokens.shape
     fp = dict(format=CACHE_FORMAT, teacher=teacher_name(model), k=k, dtype=dtype, block_size=T, vocab_size=V,
               n_blocks=N, tokens=tokens_hash(tokens), teacher_dtype='bf16' if amp else 'fp32', **(meta or {}))
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = count_params(model)
     out = Path(out_dir)
-    man = _resume_manifest(out, fp, dict(shard_blocks=shard_blocks, n_blocks=N, flops=2 * n_params * N * T, seconds=0.))
+    man = _resume_manifest(out, fp, dict(shard_blocks=shard_blocks, n_blocks=N, flops=forward_flops(n_params, N * T), seconds=0.))
     if not man['complete']: _build_shards(model, tokens, out, man, batch_size, amp, progress, on_shard)
     return cls(out)
 
@@ -368,15 +363,14 @@ def _build_shards(model, tokens, out:Path, man:dict, batch_size:int, amp, progre
         t0, rows = time.time(), tokens[s*sb:(s+1)*sb]
         parts = [_cache_forward(model, x.to(dev), fp['k'], amp) for x in rows.split(batch_size)]
         data = _encode_shard(*(torch.cat(p) for p in zip(*parts)), fp['dtype'], fp['vocab_size'])
-        name = f'shard_{s:05d}.safetensors'; tmp = out/f'.{name}.tmp'
-        with open(tmp, 'wb') as f: f.write(data); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, out/name)
+        name = f'shard_{s:05d}.safetensors'
+        atomic_write(out/name, data)
         man['shards'].append(dict(file=name, n_blocks=len(rows), bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
         man['seconds'] += time.time() - t0; man['complete'] = len(man['shards']) * sb >= N
-        _write_json(out/'manifest.json', man)
+        atomic_write(out/'manifest.json', man)
         bar.update(len(rows))
         if on_shard is not None: on_shard(s)
-    man['complete'] = True; _write_json(out/'manifest.json', man); bar.close()
+    man['complete'] = True; atomic_write(out/'manifest.json', man); bar.close()
 
 # %% ../nbs/20_teacher.ipynb #ac298e50
 SPLITS = ('train', 'dev', 'test')
@@ -386,103 +380,13 @@ def topk_dir(cfg:RunConfig, corpus, model, tokenizer)->Path:
     amp = autocast_dtype(cfg.teacher_dtype, next(model.parameters()).device)
     fp = fingerprint(corpus.fingerprint, teacher_name(model), tokenizer_hash(tokenizer), cfg.topk, cfg.cache_dtype,
                      'bf16' if amp else 'fp32', CACHE_FORMAT)
-    return Path(cfg.cache_dir).expanduser()/'topk'/fp
+    return cache_path(cfg.cache_dir, 'topk', fp)
 
 def teacher_caches(cfg:RunConfig, corpus, model, tokenizer, splits=SPLITS, progress:bool=True)->dict:
     "Build or reuse the top-k teacher caches of a corpus: {split: TopKCache}."
     model.to(resolve_device(cfg.device))
     root, tok_fp = topk_dir(cfg, corpus, model, tokenizer), tokenizer_hash(tokenizer)
     return {s: TopKCache.build(model, corpus.tokens(s), root/s, k=cfg.topk, dtype=cfg.cache_dtype,
-                               batch_size=cfg.batch_size, teacher_dtype=cfg.teacher_dtype, progress=progress,
+                               batch_size=cfg.eval_batch, teacher_dtype=cfg.teacher_dtype, progress=progress,
                                meta=dict(data=corpus.fingerprint, split=s, tokenizer=tok_fp))
             for s in splits}
-
-# %% ../nbs/20_teacher.ipynb #ad60e9c8
-@contextlib.contextmanager
-def _left_padding(tok):
-    side, pad = tok.padding_side, tok.pad_token
-    tok.padding_side = 'left'
-    if tok.pad_token is None: tok.pad_token = tok.eos_token
-    try: yield tok
-    finally: tok.padding_side = side; tok.pad_token = pad
-
-def _gen_kwargs(max_new_tokens, temperature, top_p, tok)->dict:
-    kw = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-    if temperature <= 0: return dict(kw, do_sample=False, temperature=None, top_p=None, top_k=None)
-    return dict(kw, do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-
-# %% ../nbs/20_teacher.ipynb #b6820a81
-def generate_synthetic(model, tok, prompts:list, # texts the teacher continues
-                       max_new_tokens:int=128, # tokens generated per prompt
-                       temperature:float=1.0, # sampling temperature (0: greedy)
-                       top_p:float=0.95, # nucleus sampling mass
-                       batch_size:int=8, # prompts per generate call
-                       seed:int=0, # sampling seed (same seed and batch_size -> same texts)
-                       chat:bool=False, # wrap prompts in the chat template as user turns
-                       progress:bool=False)->list:
-    "Teacher continuations of `prompts` (new text only), sampled in left-padded batches."
-    dev, out = next(model.parameters()).device, []
-    with _left_padding(tok), torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []):
-        for b in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc='generate'):
-            ps = list(prompts[b:b+batch_size])
-            if chat: ps = [tok.apply_chat_template([dict(role='user', content=p)], tokenize=False, add_generation_prompt=True) for p in ps]
-            enc = tok(ps, return_tensors='pt', padding=True, add_special_tokens=not chat).to(dev)
-            torch.manual_seed(seed * 1_000_003 + b)
-            with torch.inference_mode(): g = model.generate(**enc, **_gen_kwargs(max_new_tokens, temperature, top_p, tok))
-            out += tok.batch_decode(g[:, enc['input_ids'].shape[1]:], skip_special_tokens=True)
-    return out
-
-# %% ../nbs/20_teacher.ipynb #5b439d42
-def prompts_from_texts(texts:list, tok, n_tokens:int=16)->list:
-    "The first `n_tokens` tokens of each text, decoded (prompts for the teacher)."
-    return [tok.decode(tok.encode(t, add_special_tokens=False)[:n_tokens]) for t in texts]
-
-def synthetic_documents(texts:list, # teacher generations
-                        domain:str='synthetic', # domain name of the new source
-                        prompts:list=None, # when given, each document is prompt + generation
-                        min_chars:int=1, # drop generations shorter than this (after strip)
-                       )->list:
-    "Teacher generations as documents (dicts of doc_id, domain, split, text) with their own stable ids."
-    docs = []
-    for i, t in enumerate(texts):
-        text = (prompts[i] + t) if prompts is not None else t
-        if len(t.strip()) < min_chars: continue
-        docs.append(dict(doc_id=f'{domain}-{i:06d}-{fingerprint(text)[:8]}', domain=domain, split='train', text=text))
-    return docs
-
-# %% ../nbs/20_teacher.ipynb #e371dc28
-def prepare_run(cfg:RunConfig, progress:bool=True, verbose:bool=True)->dict:
-    "Load the teacher, prepare the data and the top-k caches of `cfg`; return them with timings and stats."
-    from ens_distill.data import prepare_data, cluster_purity
-    t, times = time.time(), {}
-    def phase(name):
-        nonlocal t
-        times[name] = time.time() - t; t = time.time()
-        if verbose: print(f'{name:>12}: {times[name]:7.1f} s')
-    model, tok = load_teacher(cfg.teacher, cfg.cache_dir); phase('teacher')
-    corpus = prepare_data(cfg, tok); phase('data')
-    caches = teacher_caches(cfg, corpus, model, tok, progress=progress); phase('topk cache')
-    stats = dict(bytes_per_token=caches['train'].bytes_per_token, cache_flops=sum(c.flops for c in caches.values()),
-                 blocks={s: len(c) for s, c in caches.items()},
-                 cluster_purity=cluster_purity(corpus.block_clusters('train'), corpus.block_domains('train')))
-    if verbose: print(f"blocks {stats['blocks']}, {stats['bytes_per_token']:.1f} B/token ({cfg.cache_dtype}, k={cfg.topk}), "
-                      f"cache pass {stats['cache_flops']:.3g} FLOPs, cluster purity {stats['cluster_purity']:.3f}")
-    return dict(cfg=cfg, model=model, tokenizer=tok, corpus=corpus, caches=caches, times=times, stats=stats)
-
-# %% ../nbs/20_teacher.ipynb #2ebd56d8
-@call_parse
-def prepare(preset:str='demo', # config preset: smoke, demo or study
-            config:str=None, # YAML config file (its 'preset' key and overrides); replaces --preset
-            teacher:str=None, # teacher spec (overrides the config)
-            data_dir:str=None, # data directory (overrides the config)
-            cache_dir:str=None, # cache directory (overrides the config)
-            device:str=None, # 'auto', 'cpu' or 'cuda' (overrides the config)
-            topk:int=None, # top-k ids per position (overrides the config)
-            cache_dtype:str=None, # 'u8' or 'fp16' (overrides the config)
-           ):
-    "Prepare a run's data and teacher top-k caches; print phase timings, bytes/token and cluster purity."
-    over = {k: v for k, v in dict(teacher=teacher, data_dir=data_dir, cache_dir=cache_dir, device=device,
-                                  topk=topk, cache_dtype=cache_dtype).items() if v is not None}
-    cfg = from_yaml(config) if config else get_config(preset)
-    cfg = validate(RunConfig(**{**asdict(cfg), **over})) if over else cfg
-    prepare_run(cfg)

@@ -4,14 +4,16 @@
 
 # %% ../nbs/45_train.ipynb #c97401eb
 from __future__ import annotations
-import math, os, shutil, time
-from dataclasses import dataclass, field
+import math, shutil, time
+from dataclasses import dataclass
 from pathlib import Path
 import torch
 from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .core import *
+from .compute import count_params, train_flops
+from .runs import RunDir
 from .losses import distill_loss, fkl_ce_grad, student_buckets, ncl_penalty, alpha_at, check_finite
 from .packed import scratch
 
@@ -239,6 +241,6 @@ def train(ens, # a `PackedEnsemble` (K members)
         if ckpt is not None and cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < steps:
             save_checkpoint(ckpt, ens, opt, sched, streams, done)
     if ckpt is not None: save_checkpoint(ckpt, ens, opt, sched, streams, steps)
-    n_par = sum(p.numel() for p in params) // K
+    n_par = count_params(params) // K
     return dict(steps=steps, K=K, tokens_per_member=steps * tok_step, params_per_member=n_par,
-                train_flops=6. * n_par * steps * tok_step * K, train_seconds=time.time() - t0)
+                train_flops=train_flops(n_par, steps * tok_step, K), train_seconds=time.time() - t0)

@@ -1,6 +1,7 @@
 "Config, presets and run directories (nbs/00_core.ipynb)."
 import json, pytest
 from ens_distill.core import *
+from ens_distill.runs import RunDir, run_name
 
 
 def test_presets_validate():

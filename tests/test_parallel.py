@@ -3,11 +3,13 @@ import json, math, os, subprocess, sys, textwrap
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
-from ens_distill.core import get_config, run_name, EnsDistillError
-from ens_distill.methods import run_method
+from ens_distill.core import get_config, EnsDistillError
+from ens_distill.runs import run_name
+from ens_distill.methods import method_names
+from ens_distill.pipeline import run_method, run_parallel
 from ens_distill.packed import PackedEnsemble, generate, load_members
 from ens_distill.eval import evaluate
-from ens_distill.parallel import member_split, run_parallel, PARALLEL_METHODS
+from ens_distill.parallel import member_split
 
 ENV = dict(os.environ, OMP_NUM_THREADS='1', HF_HUB_OFFLINE='1', HF_DATASETS_OFFLINE='1', TRANSFORMERS_OFFLINE='1',
            TOKENIZERS_PARALLELISM='false')
@@ -36,14 +38,14 @@ def test_member_split():
     assert member_split(5, 2) == [(0, 3), (3, 5)]
     assert member_split(7, 3) == [(0, 3), (3, 5), (5, 7)]
     with pytest.raises(EnsDistillError, match='at most K'): member_split(2, 4)
-    assert set(PARALLEL_METHODS) == {'independent', 'bagging', 'cbtm', 'ncl', 'boosting'}
+    assert set(method_names(parallel=True)) == {'independent', 'bagging', 'cbtm', 'ncl', 'boosting'}
     with pytest.raises(EnsDistillError, match='not member-parallel'): run_parallel(get_config('smoke', method='single'))
 
 CRASH = textwrap.dedent('''
     import os, sys
     import ens_distill.train as tr
     from ens_distill.core import get_config
-    from ens_distill.parallel import run_parallel
+    from ens_distill.pipeline import run_parallel
     out, cache = sys.argv[1], sys.argv[2]
     if os.environ['RANK'] == '1':                               # rank 1 dies (no cleanup) in step 9
         ok = tr.check_finite
@@ -81,7 +83,9 @@ def test_independent_cli_resumes_killed_rank_and_equals_single_process(tmp_path,
 WORKER = textwrap.dedent('''
     import json, sys, torch
     from dataclasses import replace
-    from ens_distill.core import get_config, run_name
+    from ens_distill.core import get_config
+    from ens_distill.runs import run_name
+    from ens_distill.pipeline import run_parallel
     from ens_distill.packed import PackedEnsemble, load_members
     from ens_distill.parallel import *
     out, cache = sys.argv[1], sys.argv[2]
@@ -131,3 +135,17 @@ def test_ncl_boosting_ppl_generate_equal_single_process(tmp_path, cache):
     assert berr <= 1e-6 and abs(mb['test_ppl'] - boost['test_ppl']) <= 1e-6 * boost['test_ppl']
     assert mb['steps'] == boost['steps'] and mb['train_flops'] == boost['train_flops']
     assert mb['parallel']['comm']['0']['boost_scores']['bytes'] > 0
+
+def test_ncl_cli_writes_the_members_of_run_method(tmp_path, cache):
+    "`python -m ens_distill.parallel --method ncl` under torchrun (2 ranks) writes run_method's members and metrics."
+    cfg = smoke(tmp_path/'single', cache, method='ncl')
+    single = run_method(cfg, progress=False, verbose=False)
+    torchrun('-m', 'ens_distill.parallel', '--preset', 'smoke', '--method', 'ncl', '--dtype', 'fp32',
+             '--out_dir', tmp_path/'par', '--cache_dir', cache, '--quiet')
+    run = tmp_path/'par'/run_name(cfg)
+    err = max_member_diff(tmp_path/'single'/run_name(cfg), run, 2)
+    m = json.loads((run/'metrics.json').read_text())
+    print(f'ncl CLI: max member weight diff {err:.2e}')
+    assert err <= 1e-6 and m['parallel']['world'] == 2
+    assert abs(m['test_ppl'] - single['test_ppl']) <= 1e-6 * single['test_ppl']
+    assert (m['steps'], m['train_flops'], m['tokens_per_member']) == (single['steps'], single['train_flops'], single['tokens_per_member'])

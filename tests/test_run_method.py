@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest, papermill as pm
 from transformers import AutoModelForCausalLM
 from ens_distill.methods import METHODS
+from ens_distill.runs import entry_name
 
 NB = Path(__file__).resolve().parents[1]/'nbs'/'run_method.ipynb'
 
@@ -29,7 +30,7 @@ def test_every_method_runs(method, tmp_path, cache):
     members = sorted((runs[0]/'members').glob('member_*'))
     assert len(members) == m['K']
     AutoModelForCausalLM.from_pretrained(members[-1])
-    assert (tmp_path/'runs'/f"{runs[0].name.rsplit('-s', 1)[0]}.summary.json").exists()
+    assert (tmp_path/'runs'/f"{entry_name(runs[0].name)}.summary.json").exists()
 
 def test_unknown_method_fails_at_once(tmp_path, cache):
     with pytest.raises(pm.PapermillExecutionError, match="config key 'method'"):

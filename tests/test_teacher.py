@@ -5,7 +5,8 @@ import pytest
 import torch
 from ens_distill.core import EnsDistillError, get_config
 from ens_distill.teacher import (TopKCache, U8_STEP, tiny_teacher, topk_logprobs, teacher_caches, load_teacher,
-                                 generate_synthetic, synthetic_documents, smollm2_gguf, SPLITS)
+                                 smollm2_gguf, SPLITS)
+from ens_distill.synthetic import generate_synthetic
 
 N, T, K = 11, 12, 8
 
@@ -184,12 +185,10 @@ def test_generate_synthetic_deterministic(teacher):
     a = generate_synthetic(m, tok, ps, max_new_tokens=6, batch_size=2, seed=3)
     assert a == generate_synthetic(m, tok, ps, max_new_tokens=6, batch_size=2, seed=3)
     assert len(a) == 3 and tok.padding_side == 'right'
-    docs = synthetic_documents(a)
-    assert len({d['doc_id'] for d in docs}) == len(docs) and all(d['domain'] == 'synthetic' for d in docs)
 
 def test_prepare_run_with_real_data_module(tmp_path):
     "End to end on the smoke preset (tiny teacher, tiny caps): data + caches + stats; reused on a second call."
-    from ens_distill.teacher import prepare_run
+    from ens_distill.pipeline import prepare_run
     cfg = get_config('smoke', cache_dir=str(tmp_path), max_tokens_per_domain=300, eval_tokens_per_domain=100, device='cpu')
     r = prepare_run(cfg, progress=False, verbose=False)
     assert set(r['caches']) == set(SPLITS) and r['stats']['bytes_per_token'] > 0
@@ -199,6 +198,6 @@ def test_prepare_run_with_real_data_module(tmp_path):
 
 def test_prepare_cli_arguments():
     from fastcore.script import anno_parser
-    from ens_distill.teacher import prepare
+    from ens_distill.pipeline import prepare
     a = anno_parser(prepare.__wrapped__).parse_args(['--preset', 'smoke', '--topk', '4', '--cache_dtype', 'fp16'])
     assert (a.preset, a.topk, a.cache_dtype, a.teacher) == ('smoke', 4, 'fp16', None)

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
 from ens_distill.core import *
+from ens_distill.runs import RunDir
 from ens_distill.teacher import tiny_teacher, TopKCache
 from ens_distill.packed import PackedEnsemble, student_config
 from ens_distill.train import Plan, train, find_checkpoint
@@ -12,6 +13,7 @@ SCRIPT = textwrap.dedent('''
     import sys, torch
     from safetensors.torch import save_file
     from ens_distill.core import *
+    from ens_distill.runs import RunDir
     from ens_distill.teacher import tiny_teacher, TopKCache
     from ens_distill.packed import PackedEnsemble, student_config
     from ens_distill.train import Plan, train
