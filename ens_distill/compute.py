@@ -8,7 +8,7 @@ from .core import *
 
 # %% auto #0
 __all__ = ['count_params', 'layer_matmul_params', 'llama_params', 'forward_flops', 'train_flops', 'tokens_for_flops',
-           'step_flops']
+           'inference_flops_per_token', 'add_overhead', 'step_flops']
 
 # %% ../nbs/03_compute.ipynb #c0a1b2c8
 def count_params(model, # an nn.Module or an iterable of tensors
@@ -48,6 +48,18 @@ def tokens_for_flops(flops:float, # a total training FLOP budget
                      K:int=1)->float: # members sharing the budget
     "Training tokens per member that spend `flops` on K members (the inverse of `train_flops`)."
     return flops / (6. * n_params * K)
+
+# %% ../nbs/03_compute.ipynb #c0a1b2e2
+def inference_flops_per_token(n_params:int, # parameters of one member (embedding and head included)
+                              K:int=1)->float: # members run for every token
+    "Forward FLOPs of scoring one token with K members."
+    return forward_flops(n_params * K, 1)
+
+def add_overhead(summary:dict, **flops)->dict:
+    "`summary` with `flops` (kind: FLOPs) added to its `overhead_flops` (a dict by kind, plus their `total`)."
+    o = {k: v for k, v in (summary.get('overhead_flops') or {}).items() if k != 'total'}
+    for k, v in flops.items(): o[k] = o.get(k, 0.) + float(v)
+    return {**summary, 'overhead_flops': {**o, 'total': sum(o.values())}}
 
 # %% ../nbs/03_compute.ipynb #c0a1b2cf
 def step_flops(c, # one member's LlamaConfig

@@ -164,6 +164,8 @@ def validate(cfg:RunConfig)->RunConfig:
     if any(not isinstance(x, int) or isinstance(x, bool) for x in cfg.seeds):
         raise ConfigError(f"config key 'seeds': seeds must be integers, got {cfg.seeds}")
     if cfg.method == 'cbtm': cfg.n_clusters = cfg.K  # c-BTM: one member per data cluster
+    if cfg.method == 'ncl' and cfg.ncl_lambda > 0 and cfg.objective != 'fkl':
+        raise ConfigError("config key 'objective': ncl's mixture term is a forward KL; use objective='fkl' (or ncl_lambda=0)")
     if cfg.combine == 'weighted' and not (cfg.method == 'cbtm' and cfg.routing != 'uniform'):
         raise ConfigError("config key 'combine': 'weighted' needs router weights: use method='cbtm' with routing='tfidf' or "
                           "'learned', or combine='mean' / 'product'")

@@ -322,9 +322,11 @@ def load(cls:TfidfRouter, path)->'TfidfRouter':
 
 # %% ../nbs/10_data.ipynb #7d4c3230
 def balanced_assign(d:np.ndarray, # distances [n, C]
+                    sizes=None, # size of each row (e.g. its tokens): balance the clusters' total size, not their counts
                    )->np.ndarray:
-    "Greedy capacity-constrained assignment: every cluster gets `n//C` or `n//C + 1` rows."
+    "Greedy capacity-constrained assignment, nearest first: equal counts (`n//C` or `n//C + 1`), or equal total `sizes`."
     n, C = d.shape
+    if sizes is not None: return _balanced_by_size(d, np.asarray(sizes, float))
     lo, n_big = n // C, n % C
     size, big, out = np.zeros(C, int), 0, np.full(n, -1)
     for flat in np.argsort(d, axis=None, kind='stable'):
@@ -333,15 +335,27 @@ def balanced_assign(d:np.ndarray, # distances [n, C]
         out[i] = c; size[c] += 1; big += size[c] == lo + 1
     return out
 
+def _balanced_by_size(d:np.ndarray, sizes:np.ndarray)->np.ndarray:
+    "Nearest-first assignment with a capacity of total/C per cluster; rows that fit nowhere go to the least loaded."
+    n, C = d.shape
+    cap, load, out = sizes.sum() / C, np.zeros(C), np.full(n, -1)
+    for flat in np.argsort(d, axis=None, kind='stable'):
+        i, c = divmod(int(flat), C)
+        if out[i] < 0 and load[c] + sizes[i] <= cap: out[i] = c; load[c] += sizes[i]
+    for i in sorted(np.flatnonzero(out < 0), key=lambda i: -sizes[i]):  # the largest leftovers first
+        c = int(np.argmin(load)); out[i] = c; load[c] += sizes[i]
+    return out
+
 def balanced_kmeans(x, # tf-idf rows [n, V] (sparse)
                     C:int, # clusters
-                    iters:int=10, seed:int=0)->tuple:
-    "Balanced k-means: (assignment [n], centres [C, V]); cluster sizes differ by at most one."
+                    iters:int=10, seed:int=0,
+                    sizes=None)->tuple: # size of each row (tokens): balance total sizes instead of counts
+    "Balanced k-means: (assignment [n], centres [C, V]); equal counts (within one), or equal total `sizes`."
     from sklearn.cluster import KMeans
     centres = KMeans(C, n_init=3, random_state=seed).fit(x).cluster_centers_.astype(np.float32)
     a = None
     for _ in range(iters):
-        new = balanced_assign(_sqdist(x, centres))
+        new = balanced_assign(_sqdist(x, centres), sizes)
         if a is not None and (new == a).all(): break
         a = new
         centres = np.stack([np.asarray(x[a == c].mean(0)).ravel() for c in range(C)]).astype(np.float32)
@@ -360,7 +374,7 @@ def cluster_purity(clusters, # cluster id per item
     return tot / len(clusters)
 
 # %% ../nbs/10_data.ipynb #dfa0e89d
-DATA_VERSION = 1
+DATA_VERSION = 2  # 2: c-BTM clusters balanced by tokens
 
 def data_fingerprint(cfg:RunConfig, tok, spec:dict|None=None)->str:
     "The fingerprint of the processed data `cfg` and `tok` would produce."
@@ -420,13 +434,21 @@ def _select(cfg:RunConfig, cols:dict, tok, doms:list)->list:
             out.append((split, d, idx[:len(ids)], ids))
     return out
 
+def _kept_tokens(ids:list, cap:int)->list:
+    "Tokens of each document (with its eos) that survive the domain's cap when packed (`pack(..., cap)`)."
+    n = np.array([len(x) + 1 for x in ids]); start = np.concatenate([[0], n.cumsum()[:-1]])
+    return np.clip((cap or 1 << 62) - start, 0, n).tolist()
+
 def _cluster(cfg:RunConfig, cols:dict, sel:list)->tuple:
     "Balanced clusters of the selected train documents; the fitted router."
     tr = [i for s, _, idx, _ in sel if s == 'train' for i in idx]
-    if cfg.n_clusters > len(tr): raise EnsDistillError(f"n_clusters={cfg.n_clusters} exceeds the {len(tr)} training documents; lower n_clusters or raise max_tokens_per_domain")
+    if cfg.n_clusters > len(tr): raise EnsDistillError(
+        f"n_clusters={cfg.n_clusters} exceeds the {len(tr)} training documents; lower n_clusters or raise max_tokens_per_domain")
+    ntok = [n for s, _, _, ids in sel if s == 'train' for n in _kept_tokens(ids, cfg.max_tokens_per_domain)]
     router = TfidfRouter.fit([cols['text'][i] for i in tr])
     x = router.transform([cols['text'][i] for i in tr])
-    a, router.centres = balanced_kmeans(x, cfg.n_clusters) if cfg.n_clusters > 1 else (np.zeros(len(tr), int), np.asarray(x.mean(0), np.float32))
+    if cfg.n_clusters > 1: a, router.centres = balanced_kmeans(x, cfg.n_clusters, sizes=ntok)
+    else: a, router.centres = np.zeros(len(tr), int), np.asarray(x.mean(0), np.float32)
     return dict(zip(tr, a.tolist())), router
 
 # %% ../nbs/10_data.ipynb #2c1a046c

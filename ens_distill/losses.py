@@ -11,7 +11,7 @@ from .core import *
 
 # %% auto #0
 __all__ = ['TEACHER_FLOOR', 'KD_OBJECTIVES', 'student_buckets', 'teacher_buckets', 'kl_div', 'forward_kl', 'reverse_kl', 'jsd',
-           'skew_kl', 'kd_term', 'ce', 'distill_loss', 'fkl_ce_grad', 'per_example', 'alpha_at', 'ncl_penalty',
+           'skew_kl', 'kd_term', 'ce', 'distill_loss', 'fkl_ce_grad', 'per_example', 'alpha_at', 'mixture_kl',
            'ensemble_kl', 'check_finite']
 
 # %% ../nbs/40_losses.ipynb #736348b8
@@ -270,15 +270,18 @@ def alpha_at(step:int, # 0-based optimizer step
     raise EnsDistillError(f"unknown alpha_schedule {schedule!r}; choose 'constant', 'ramp_kd_ce', 'ramp_ce_kd' or 'cosine'")
 
 # %% ../nbs/40_losses.ipynb #2efc844c
-def ncl_penalty(member_logq:Tensor, # members' bucket log-probs [K, ..., k+1]
-                detach_mean:bool=True, # treat the ensemble mean as a constant
-                mean_fn=None, # (q [K, ..., k+1] detached probs) -> ensemble mean [..., k+1]; e.g. an all-reduce across processes
-               )->Tensor: # [K, ...]: lambda times this is added to each member's loss
-    "Per-member, per-token NCL penalty -||q_k - mean_j q_j||^2 on bucketed probabilities."
-    q = member_logq.float().exp()                                        # [K, ..., k+1]
-    qbar = q.mean(0, keepdim=True) if mean_fn is None else mean_fn(q.detach())[None]
-    if detach_mean: qbar = qbar.detach()
-    return -((q - qbar)**2).sum(-1)
+def mixture_kl(t:Tensor, # teacher bucket log-probs [..., k+1]
+               member_logq:Tensor, # this process's members' bucket log-probs [K_r, ..., k+1]
+               mean_fn=None, # (q [K_r, ..., k+1] detached probs) -> mean over all K members [..., k+1] (e.g. an all-reduce)
+              )->Tensor: # [K_r, ...]
+    "Per member: KL(teacher || mixture of all members), with the gradient of K x that KL on the member's buckets."
+    lq = member_logq.float()
+    q = lq.exp()                                                         # [K_r, ..., k+1]
+    m = q.detach().mean(0) if mean_fn is None else mean_fn(q.detach())   # [..., k+1]
+    lm = m.clamp_min(1e-30).log()
+    value = forward_kl(t, lm)                                            # [...]
+    ratio = (t.float() - lm).exp()                                       # t / m
+    return value + (-(ratio * (q - q.detach())).sum(-1))                 # value KL(t||m); gradient -t/m per member
 
 # %% ../nbs/40_losses.ipynb #09f746bc
 def ensemble_kl(t_logp:Tensor, # teacher top-k log-probs [..., k]

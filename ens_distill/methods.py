@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 import torch
 from .core import *
-from .compute import count_params
+from .compute import count_params, forward_flops, add_overhead
 from .runs import RunDir
 from .data import bootstrap_indices, cluster_mix_indices, topq_indices
 from .packed import PackedEnsemble, student_config, init_from_teacher, head_map, chunk_size
@@ -111,7 +111,7 @@ def bagging(ctx:Context):
 
 @register('ncl', parallel=True)
 def ncl(ctx:Context):
-    "All members trained jointly on shared batches with the negative-correlation penalty."
+    "All members on shared batches; KD term (1 - lambda) KL(t || member) + lambda KL(t || mixture)."
     return fit_plan(ctx, Plan(_all(ctx, ctx.cfg.K), shared=True, ncl_lambda=ctx.cfg.ncl_lambda))
 
 # %% ../nbs/50_methods.ipynb #dfe2d4a3
@@ -200,11 +200,12 @@ def stack_members(parts:list)->PackedEnsemble:
 
 # %% ../nbs/50_methods.ipynb #b99581e5
 def boost_plan(cfg:RunConfig, n:int, # the run's settings; training blocks
-               scores:torch.Tensor|None)->Plan: # per-block scores after the previous rounds (None: round 0)
-    "The one-member `Plan` of a boosting round."
-    if scores is None: return Plan([torch.arange(n)])
-    if cfg.boost_mode == 'topq': return Plan([topq_indices(scores, cfg.boost_q)])
-    return Plan([torch.arange(n)], weights=[scores / scores.mean().clamp(min=1e-8)])
+               scores:torch.Tensor|None, # per-block scores after the previous rounds (None: round 0)
+               r:int=0)->Plan: # the round: it seeds the member's own data order, as member r of one plan would be
+    "The one-member `Plan` of boosting round `r`."
+    if scores is None: return Plan([torch.arange(n)], member_ids=[r])
+    if cfg.boost_mode == 'topq': return Plan([topq_indices(scores, cfg.boost_q)], member_ids=[r])
+    return Plan([torch.arange(n)], weights=[scores / scores.mean().clamp(min=1e-8)], member_ids=[r])
 
 def _sum_rounds(summ:list, K:int)->dict:
     "One summary of several rounds: the first round's fields, steps, FLOPs and seconds summed."
@@ -219,13 +220,15 @@ def boosting(ctx:Context):
     for r in range(c.K):
         m = build_members(ctx, 1, c.seed * 1019 + r).to(dev)
         if comm.rank == r % comm.world:
-            summ.append(train(m, ctx.tokens, ctx.caches['train'], c, boost_plan(c, len(ctx.tokens), scores), run=ctx.run,
+            summ.append(train(m, ctx.tokens, ctx.caches['train'], c, boost_plan(c, len(ctx.tokens), scores, r), run=ctx.run,
                               resume=ctx.resume, progress=ctx.progress, tag=f'_r{r}', step_offset=r * n_steps(c, ctx.tokens.shape[1])))
         with torch.no_grad():
             for t in m.state_dict().values(): comm.broadcast(t, 'boost_weights', src=r % comm.world)
         parts.append(m.eval())
         if r < c.K - 1: scores = block_scores(stack_members(parts), ctx.tokens, ctx.caches['train'], comm)
-    return stack_members(parts).to(dev), _sum_rounds(summ, c.K)
+    n, N, T = summ[0]['params_per_member'], len(ctx.tokens), ctx.tokens.shape[1]
+    scoring = sum(forward_flops(n * (r + 1), N * T) for r in range(c.K - 1))  # rounds 1..K-1 score every block first
+    return stack_members(parts).to(dev), add_overhead(_sum_rounds(summ, c.K), boost_scoring=scoring)
 
 # %% ../nbs/50_methods.ipynb #3ac9481c
 @register('synthetic')
@@ -238,4 +241,6 @@ def synthetic(ctx:Context):
     g = torch.Generator().manual_seed(c.seed)
     pools = [torch.cat([N + torch.arange(len(syn)), torch.randperm(N, generator=g)[:n_real]]) for _ in range(c.K)]
     ens, s = fit_plan(ctx, Plan(pools), tokens=tokens, cache=cache)
+    gen = forward_flops(count_params(ctx.teacher), syn.numel())              # the teacher's generations (KV cache)
+    s = add_overhead(s, synthetic_generation=gen, synthetic_cache=syn_cache.manifest.get('flops', 0.))
     return ens, {**s, 'synthetic_blocks': len(syn), 'synthetic_cache_flops': syn_cache.manifest.get('flops', 0.)}

@@ -15,7 +15,8 @@ from .teacher import load_teacher, teacher_caches
 from .parallel import (Comm, init_dist, member_split, shard_members, join_members, parallel_perplexity,
                                   comm_bytes_per_token, merge_rows, staged)
 from .methods import Context, get_method, method_names
-from .routing import router_weights
+from .compute import add_overhead, count_params, inference_flops_per_token
+from .routing import router_weights, router_flops
 from .packed import PackedEnsemble
 from .eval import evaluate
 
@@ -114,12 +115,14 @@ def _gather(ctx:Context, ens, summary:dict, rounds:bool, phases:dict)->tuple|Non
 def _record(ctx:Context, run:RunDir, ens, summary:dict, prep:dict, phases:dict, t0:float, par:dict|None)->dict:
     "Evaluate, save the members and eval.json, and write the metrics record (rank 0)."
     t = time.time(); res = evaluate_run(ctx, ens); phases['eval'] = time.time() - t
+    summary = add_overhead(summary, router=router_flops(ctx, ens))
     release_memory()
     t = time.time(); ens.save_members(run.path/'members', ctx.tokenizer); phases['save'] = time.time() - t
     atomic_write(run.path/'eval.json', res)
     st = prep['stats']
     m = run_record(ctx.cfg, headline(res), {**summary, 'K': ens.K}, teacher_cache_flops=st['cache_flops'],
                    cache_bytes_per_token=st['bytes_per_token'], cluster_purity=st['cluster_purity'],
+                   inference_flops_per_token=inference_flops_per_token(count_params(ens) // ens.K, ens.K),
                    **({'parallel': par} if par else {}), phases=phases, wall_s=time.time() - t0)
     run.finish(m)
     return m

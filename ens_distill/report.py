@@ -46,7 +46,8 @@ def leaderboard(df:pd.DataFrame, # `collect_runs` table
     "One row per configuration: size, compute, test perplexity, ECE, KL, task accuracies (mean and sd over seeds)."
     if df.empty: return pd.DataFrame()
     df = df.assign(total_tokens=df.tokens_per_member * df.K) if 'tokens_per_member' in df else df
-    lb = seed_groups(df, ['test_ppl', 'ece', 'kl_teacher', 'total_params', 'total_tokens', 'train_flops', 'task_acc']
+    lb = seed_groups(df, ['test_ppl', 'ece', 'kl_teacher', 'total_params', 'total_tokens', 'train_flops', 'overhead_flops',
+                          'teacher_cache_flops', 'inference_flops_per_token', 'task_acc']
                      + [f'acc_{t}' for t in task_names(df)])
     if latency is not None and len(latency) and 'method' in latency:
         on = [c for c in ('method', 'K', 'size') if c in latency]
@@ -69,8 +70,9 @@ def format_leaderboard(lb:pd.DataFrame)->pd.DataFrame:
     for k in ['K', 'size', 'cfg_K', 'objective', 'alpha', 'tau', 'tokens_per_member', 'teacher']:
         if k in lb and (k in ('K', 'size') or lb[k].nunique() > 1): out[k] = lb[k]
     out['seeds'] = lb.n_seeds
-    for k, lab in [('total_params', 'params'), ('total_tokens', 'tokens'), ('train_flops', 'FLOPs')]:
-        if f'{k}_mean' in lb: out[lab] = lb[f'{k}_mean'].map(lambda v: f'{v:.3g}')
+    for k, lab in [('total_params', 'params'), ('total_tokens', 'tokens'), ('train_flops', 'FLOPs'),
+                   ('overhead_flops', 'overhead FLOPs'), ('inference_flops_per_token', 'inference FLOPs/token')]:
+        if f'{k}_mean' in lb: out[lab] = lb[f'{k}_mean'].map(lambda v: 'n/a' if pd.isna(v) else f'{v:.3g}')
     tasks = [c[4:-5] for c in lb if c.startswith('acc_') and c.endswith('_mean')]
     for k, lab in [('test_ppl', 'test ppl'), ('ece', 'ECE'), ('kl_teacher', 'KL(teacher)')] + [(f'acc_{t}', t) for t in tasks]:
         if f'{k}_mean' in lb: out[lab] = [_pm(m, s) for m, s in zip(lb[f'{k}_mean'], lb[f'{k}_sd'])]

@@ -8,10 +8,11 @@ import torch
 from .core import *
 from .packed import PackedEnsemble, head_map
 from .losses import student_buckets, teacher_buckets, forward_kl
+from .compute import count_params, forward_flops
 from .methods import Context
 
 # %% auto #0
-__all__ = ['route_features', 'tfidf_weights', 'member_buckets', 'fit_router', 'learned_weights', 'router_weights']
+__all__ = ['route_features', 'tfidf_weights', 'member_buckets', 'fit_router', 'learned_weights', 'router_weights', 'router_flops']
 
 # %% ../nbs/52_routing.ipynb #30988717
 def route_features(ctx:Context, split:str)->tuple:
@@ -70,3 +71,8 @@ def router_weights(ctx:Context, ens:PackedEnsemble, split:str='test')->torch.Ten
     dd, hd = route_features(ctx, 'dev')
     q, p = member_buckets(ens, ctx.corpus.tokens('dev'), ctx.caches['dev'])
     return learned_weights(fit_router(dd, hd, q, p, seed=c.seed), d, has)
+
+def router_flops(ctx:Context, ens:PackedEnsemble)->float:
+    "FLOPs of fitting `cfg.routing`: the learned router's pass of every member over the dev split (0 otherwise)."
+    if ctx.cfg.method != 'cbtm' or ctx.cfg.routing != 'learned': return 0.
+    return forward_flops(count_params(ens), ctx.corpus.tokens('dev').numel())

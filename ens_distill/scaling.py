@@ -62,6 +62,8 @@ def _flat_metrics(m:dict)->dict:
     for k, v in m.items():
         if k == 'ppl_by_domain' and isinstance(v, dict): row.update({f'ppl_{d}': x for d, x in v.items()})
         elif k == 'phases' and isinstance(v, dict): row.update({f'phase_{p}': x for p, x in v.items()})
+        elif k == 'overhead_flops' and isinstance(v, dict):
+            row.update({f'overhead_{p}_flops': x for p, x in v.items() if p != 'total'}, overhead_flops=v.get('total', 0.))
         elif k == 'tasks' and isinstance(v, dict):
             for t, r in v.items():
                 r = r if isinstance(r, dict) else dict(acc=r)

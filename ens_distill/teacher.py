@@ -376,10 +376,11 @@ def _build_shards(model, tokens, out:Path, man:dict, batch_size:int, amp, progre
 SPLITS = ('train', 'dev', 'test')
 
 def topk_dir(cfg:RunConfig, corpus, model, tokenizer)->Path:
-    "The directory holding a corpus's top-k caches for this teacher and config."
+    "The directory of a corpus's top-k caches for this teacher and config, keyed by the tokens (not the clusters)."
     amp = autocast_dtype(cfg.teacher_dtype, next(model.parameters()).device)
-    fp = fingerprint(corpus.fingerprint, teacher_name(model), tokenizer_hash(tokenizer), cfg.topk, cfg.cache_dtype,
-                     'bf16' if amp else 'fp32', CACHE_FORMAT)
+    toks = [tokens_hash(corpus.tokens(s)) for s in SPLITS]
+    fp = fingerprint(toks, teacher_name(model), tokenizer_hash(tokenizer), cfg.topk, cfg.cache_dtype, 'bf16' if amp else 'fp32',
+                     CACHE_FORMAT)
     return cache_path(cfg.cache_dir, 'topk', fp)
 
 def teacher_caches(cfg:RunConfig, corpus, model, tokenizer, splits=SPLITS, progress:bool=True)->dict:
@@ -388,5 +389,5 @@ def teacher_caches(cfg:RunConfig, corpus, model, tokenizer, splits=SPLITS, progr
     root, tok_fp = topk_dir(cfg, corpus, model, tokenizer), tokenizer_hash(tokenizer)
     return {s: TopKCache.build(model, corpus.tokens(s), root/s, k=cfg.topk, dtype=cfg.cache_dtype,
                                batch_size=cfg.eval_batch, teacher_dtype=cfg.teacher_dtype, progress=progress,
-                               meta=dict(data=corpus.fingerprint, split=s, tokenizer=tok_fp))
+                               meta=dict(split=s, tokenizer=tok_fp))
             for s in splits}

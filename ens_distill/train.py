@@ -14,7 +14,7 @@ from fastcore.basics import patch
 from .core import *
 from .compute import count_params, train_flops
 from .runs import RunDir
-from .losses import distill_loss, fkl_ce_grad, student_buckets, ncl_penalty, alpha_at, check_finite
+from .losses import distill_loss, fkl_ce_grad, student_buckets, teacher_buckets, mixture_kl, alpha_at, check_finite
 from .packed import scratch
 
 # %% auto #0
@@ -28,9 +28,9 @@ class Plan:
     pools:list # per member: LongTensor of block indices into the train split (repeats allowed)
     weights:list|None = None # per member: FloatTensor of per-block loss weights aligned with `pools`, or None
     shared:bool = False # all members see the same batch each step (joint training, e.g. ncl)
-    ncl_lambda:float = 0. # negative correlation weight (only with shared batches)
+    ncl_lambda:float = 0. # NCL: weight of the mixture's KL against each member's own (only with shared batches)
     member_ids:list|None = None # global index of each member (seeds its data order); default 0..K-1
-    ncl_mean:object = None # (q [K,n,k+1]) -> ensemble mean [n,k+1]: an all-reduce when members span processes
+    ncl_mean:object = None # (q [K_r,n,k+1]) -> mean over all members [n,k+1]: an all-reduce when members span processes
     chunk:int|None = None # tokens per head chunk (None: automatic); fixed when ncl_mean communicates in every chunk
 
 # %% ../nbs/45_train.ipynb #4550cc9e
@@ -77,8 +77,8 @@ def batch_loss(ens, # a `PackedEnsemble`
                cfg:RunConfig, # objective, tau, jsd_beta, skew
                alpha:float, # weight of KD vs CE at this step
                w:torch.Tensor|None=None, # per-block loss weights [K,B]
-               ncl_lambda:float=0., # negative correlation weight
-               ncl_mean=None, # global ensemble mean of member probabilities (members spread over processes)
+               ncl_lambda:float=0., # NCL: KD term (1 - lambda) KL(t || q_k) + lambda KL(t || mixture)
+               ncl_mean=None, # the mean of all members' bucket probabilities (members spread over processes)
                chunk:int|None=None, # tokens per head chunk (None: automatic, ~2**26 logits)
                fused:bool=True, # use the closed-form head gradient for fkl/ce (same result as autograd, faster)
               )->tuple:
@@ -106,12 +106,14 @@ def batch_loss(ens, # a `PackedEnsemble`
     def fn(logits, tok):                                                      # logits [K,n,V]
         out = distill_loss(logits, tgt[:, tok], ids[:, tok], logp[:, tok], tail[:, tok], objective=cfg.objective,
                            alpha=alpha, tau=cfg.tau, beta=cfg.jsd_beta, skew=cfg.skew)
-        m = mask[:, tok] / denom
-        loss = out['loss'] * m
+        m, loss = mask[:, tok] / denom, out['loss']
+        if ncl_lambda:                                                        # the KD term becomes (1-l) own KL + l mixture KL
+            tb = teacher_buckets(logp[:, tok], tail[:, tok], cfg.tau, logits.shape[-1])
+            joint = mixture_kl(tb, student_buckets(logits, ids[:, tok], cfg.tau), ncl_mean) * cfg.tau**2  # [K,n]
+            stats['ncl'] += (joint.detach() * m).sum(1).float()
+            loss = loss + alpha * ncl_lambda * (joint - out['kd'])
+        loss = loss * m
         for n in ('kd', 'ce'): stats[n] += (out[n].detach() * m.detach()).sum(1).float()
-        if ncl_lambda:
-            pen = ncl_penalty(student_buckets(logits, ids[:, tok], cfg.tau), mean_fn=ncl_mean) * m  # [K,n]
-            stats['ncl'] += pen.detach().sum(1).float(); loss = loss + ncl_lambda * pen
         stats['loss'] += loss.detach().sum(1).float()
         return loss.sum()
     return ens.head_loss(h, fn, chunk), stats
@@ -241,6 +243,6 @@ def train(ens, # a `PackedEnsemble` (K members)
         if ckpt is not None and cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < steps:
             save_checkpoint(ckpt, ens, opt, sched, streams, done)
     if ckpt is not None: save_checkpoint(ckpt, ens, opt, sched, streams, steps)
-    n_par = count_params(params) // K
+    n_par = count_params(ens) // K  # frozen parameters too: they cost compute in every forward and backward
     return dict(steps=steps, K=K, tokens_per_member=steps * tok_step, params_per_member=n_par,
                 train_flops=train_flops(n_par, steps * tok_step, K), train_seconds=time.time() - t0)

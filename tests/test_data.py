@@ -172,8 +172,9 @@ def test_router_and_clusters(tmp_path, tok):
     c = prepare_data(_cfg(tmp_path, n_clusters=2), tok)
     docs = c.docs.to_pandas()
     tr = docs[docs.split == 'train']
-    sz = np.bincount(tr.cluster)
-    assert len(sz) == 2 and sz.max() - sz.min() <= 1
+    sz = np.bincount(c.block_clusters('train').numpy())                    # clusters balanced by tokens: blocks per cluster
+    print('blocks per cluster', sz.tolist())
+    assert len(sz) == 2 and sz.max() <= 1.1 * sz.min()
     # two clearly separated vocabularies: the smaller domain lies in one cluster (as pure as balance allows)
     small = tr.domain.value_counts().idxmin()
     assert (tr.domain == small).groupby(tr.cluster).sum().max() == (tr.domain == small).sum()
@@ -244,6 +245,15 @@ def test_default_corpus_smoke(tmp_path, tok):
     assert dt < 30, dt
     assert set(c.block_domains('train')) == set(c.domains) == {'stories', 'shakespeare', 'encyclopedia', 'math', 'code', 'dialog'}
     docs = c.docs.to_pandas(); tr = docs[docs.split == 'train']
-    sz = np.bincount(tr.cluster); assert sz.max() - sz.min() <= 1
+    sz = np.bincount(c.block_clusters('train').numpy(), minlength=6); print('blocks per cluster', sz.tolist())
+    assert (sz > 0).all()   # (token balance is tested on a larger corpus: here one document can hold a domain's cap)
     assert cluster_purity(tr.cluster, tr.domain) > 0.5
     assert c.docs[0]['doc_id'].startswith('stories/')
+
+def test_clusters_are_balanced_by_tokens(tmp_path):
+    "c-BTM clusters hold about the same number of training blocks (measured 288/278/275/281; the demo corpus 234/232/234/236)."
+    from ens_distill.teacher import tiny_tokenizer
+    cfg = get_config('smoke', max_tokens_per_domain=6000, n_clusters=4, K=4, cache_dir=str(tmp_path))
+    c = prepare_data(cfg, tiny_tokenizer())
+    n = np.bincount(c.block_clusters('train').numpy(), minlength=4)
+    assert n.max() / n.min() < 1.1, n

@@ -176,21 +176,21 @@ def test_alpha_at():
     assert alpha_at(0, 1, .4, 'ramp_kd_ce') == 1. and alpha_at(99, 10, .4, 'cosine') == 0.
     with pytest.raises(EnsDistillError, match='alpha_schedule'): alpha_at(0, 10, 1., 'step')
 
-def test_ncl_penalty():
+def test_mixture_kl_is_the_jensen_gap_form():
+    "Value: KL(t || mean q); gradient: that of K x it; own KLs minus it is the diversity (>= 0, 0 for equal members)."
     g = torch.Generator().manual_seed(2)
     K, k1 = 4, 6
+    t = torch.randn(3, k1, generator=g).log_softmax(-1)
     mq = torch.randn(K, 3, k1, generator=g).log_softmax(-1)
-    q = mq.double().exp(); qbar = q.mean(0)
-    brute = torch.stack([((q[i] - qbar) * sum(q[j] - qbar for j in range(K) if j != i)).sum(-1) for i in range(K)])
-    pen = ncl_penalty(mq)
-    assert pen.shape == (K, 3) and torch.allclose(pen.double(), brute, atol=1e-6) and (pen <= 0).all()
-    assert ncl_penalty(mq[:1].expand(K, 3, k1)).abs().max() < 1e-7
-    # minimising lambda * penalty spreads the members out (the summed gradient is the same with a live mean)
-    x = mq.clone().requires_grad_(); ncl_penalty(x).sum().backward()
-    x2 = mq.clone().requires_grad_(); ncl_penalty(x2, detach_mean=False).sum().backward()
-    assert torch.allclose(x.grad, x2.grad, atol=1e-6)
-    stepped = (mq - .5 * x.grad).log_softmax(-1)
-    assert ncl_penalty(stepped).sum() < ncl_penalty(mq).sum()
+    mix = mq.exp().mean(0).log()
+    assert torch.allclose(mixture_kl(t, mq), forward_kl(t, mix).expand(K, 3), atol=1e-6)
+    x = mq.clone().requires_grad_(); mixture_kl(t, x).sum().backward()
+    y = mq.clone().requires_grad_(); (K * forward_kl(t, y.exp().mean(0).log())).sum().backward()
+    assert torch.allclose(x.grad, y.grad, atol=1e-5)
+    gap = forward_kl(t, mq).mean(0) - forward_kl(t, mix)
+    assert (gap >= -1e-6).all() and gap.max() > 1e-3
+    same = mq[:1].expand(K, 3, k1)
+    assert torch.allclose(forward_kl(t, same).mean(0), mixture_kl(t, same)[0], atol=1e-6)
 
 def test_ensemble_kl(setup):
     V, k, t_full, logits = setup
