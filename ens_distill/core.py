@@ -52,7 +52,7 @@ RANGES = dict(  # name: (low, high) inclusive
     K=(1, 1024), topk=(1, 1<<20), block_size=(4, 1<<16), n_clusters=(1, 4096), batch_size=(1, 1<<16), eval_batch_size=(0, 1<<16),
     grad_accum=(1, 1<<16), alpha=(0., 1.), tau=(1e-3, 100.), jsd_beta=(0., 1.), skew=(0., 1.),
     ncl_lambda=(0., 1.), boost_q=(1e-4, 1.), bag_frac=(1e-3, 10.), cluster_in_frac=(0., 1.),
-    synthetic_frac=(0., 1.), gen_temperature=(0., 10.), gen_top_p=(1e-3, 1.), gen_seed=(-1, 2**32-1), route_temp=(1e-4, 1e4), teacher_ft_lr=(0., 1.), lr=(0., 10.), min_lr_frac=(0., 1.), warmup_frac=(0., 1.),
+    synthetic_frac=(0., 1.), gen_temperature=(0., 10.), gen_top_p=(1e-3, 1.), gen_seed=(-1, 2**32-1), route_temp=(1e-4, 1e4), route_prefix=(0, 1<<16), teacher_ft_lr=(0., 1.), lr=(0., 10.), min_lr_frac=(0., 1.), warmup_frac=(0., 1.),
     weight_decay=(0., 10.), grad_clip=(0., 1e6), dev_frac=(0., .5), test_frac=(0., .5),
     tokens_per_member=(0, 1<<50), max_tokens_per_domain=(0, 1<<50), eval_tokens_per_domain=(0, 1<<50),
     eval_limit=(0, 1<<30), ckpt_every=(0, 1<<40), log_every=(1, 1<<40), seed=(0, 2**32-1),
@@ -77,6 +77,7 @@ class RunConfig:
     # teacher
     teacher:str = 'smollm2-135m-instruct' # HF model id, local HF dir, 'smollm2-135m-instruct' or 'tiny-random'
     topk:int = 32 # teacher log-probs kept per token in the cache
+    cache_taus:list = field(default_factory=lambda: [1., 1.5, 2., 3.]) # temperatures whose exact tempered tails are cached
     cache_dtype:str = 'u8' # top-k cache storage: 'u8' (<=100 B/token at k=32) or 'fp16'
     teacher_dtype:str = 'auto' # teacher forward dtype for the cache ('auto': bf16 where fast)
     # students
@@ -103,6 +104,7 @@ class RunConfig:
     gen_top_p:float = 0.95 # teacher nucleus sampling mass for 'synthetic'
     gen_seed:int = -1 # seed of the teacher generations for 'synthetic' (-1: the run's seed; fixed: one corpus for all seeds)
     route_temp:float = 0.1 # temperature of c-BTM tf-idf routing: softmax(-distance^2 / route_temp)
+    route_prefix:int = 32 # first tokens of every test block: the router reads them, no system is scored on them
     teacher_ft_lr:float = 1e-4 # peak learning rate of 'teacher_ft'
     # training
     tokens_per_member:int = 100_000 # training token budget per member
@@ -164,6 +166,13 @@ def validate(cfg:RunConfig)->RunConfig:
     if any(not isinstance(x, int) or isinstance(x, bool) for x in cfg.seeds):
         raise ConfigError(f"config key 'seeds': seeds must be integers, got {cfg.seeds}")
     if cfg.method == 'cbtm': cfg.n_clusters = cfg.K  # c-BTM: one member per data cluster
+    if any(isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0 for t in cfg.cache_taus):
+        raise ConfigError(f"config key 'cache_taus': temperatures must be positive numbers, got {cfg.cache_taus}")
+    cfg.cache_taus = sorted({float(t) for t in cfg.cache_taus} | {1.})
+    if cfg.tau not in cfg.cache_taus:
+        raise ConfigError(f"config key 'tau': {cfg.tau:g} has no cached tempered tail; use one of {cfg.cache_taus} or add it to cache_taus")
+    if cfg.route_prefix >= cfg.block_size - 1:
+        raise ConfigError(f"config key 'route_prefix': {cfg.route_prefix} leaves no scored token in blocks of {cfg.block_size}")
     if cfg.method == 'ncl' and cfg.ncl_lambda > 0 and cfg.objective != 'fkl':
         raise ConfigError("config key 'objective': ncl's mixture term is a forward KL; use objective='fkl' (or ncl_lambda=0)")
     if cfg.combine == 'weighted' and not (cfg.method == 'cbtm' and cfg.routing != 'uniform'):
@@ -175,7 +184,7 @@ def validate(cfg:RunConfig)->RunConfig:
 PRESETS = dict(
     smoke=dict(teacher='tiny-random', size='tiny', K=2, block_size=32, max_tokens_per_domain=1_500,
                eval_tokens_per_domain=400, tokens_per_member=2_048, batch_size=4, topk=8, n_clusters=2,
-               eval_limit=4, log_every=2, lr=1e-2),
+               eval_limit=4, log_every=2, lr=1e-2, route_prefix=8),
     demo=dict(tokens_per_member=40_000),
     study=dict(tokens_per_member=40_000, holdout_domains=['dialog'], seeds=[0, 1, 2], eval_limit=40, out_dir='reports/study'),
     large=dict(size='s', block_size=256, max_tokens_per_domain=150_000, eval_tokens_per_domain=20_000,

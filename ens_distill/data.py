@@ -17,21 +17,23 @@ from .runs import cache_path
 # %% auto #0
 __all__ = ['SOURCE_KEYS', 'HUMANEVAL_LANGS', 'TFIDF_PARAMS', 'DATA_VERSION', 'default_corpus_spec', 'load_corpus_spec',
            'resolve_data_dir', 'file_format', 'read_text', 'read_records', 'split_paragraphs', 'split_wikitext',
-           'source_documents', 'split_of', 'order_key', 'corpus_domains', 'load_documents', 'tokenizer_fingerprint',
-           'render', 'take_until', 'pack', 'TfidfRouter', 'balanced_assign', 'balanced_kmeans', 'cluster_purity',
-           'data_fingerprint', 'Corpus', 'prepare_data', 'bootstrap_indices', 'cluster_mix_indices', 'topq_indices']
+           'source_documents', 'split_unit', 'split_of', 'order_key', 'corpus_domains', 'load_documents',
+           'tokenizer_fingerprint', 'render', 'take_until', 'pack', 'TfidfRouter', 'balanced_assign', 'balanced_kmeans',
+           'cluster_purity', 'ngram_overlap', 'data_fingerprint', 'Corpus', 'prepare_data', 'bootstrap_indices',
+           'cluster_mix_indices', 'topq_indices']
 
 # %% ../nbs/10_data.ipynb #2a73a46d
 SOURCE_KEYS = {'path', 'hf', 'config', 'split', 'text_field', 'name', 'format', 'docs', 'chars', 'unwrap',
-               'text', 'prompt', 'response', 'turns', 'speaker', 'message', 'replace'}
+               'text', 'prompt', 'response', 'turns', 'speaker', 'message', 'replace', 'split_by'}
 HUMANEVAL_LANGS = ['python', 'cpp', 'java', 'js', 'go', 'rust']
 
 def default_corpus_spec()->dict:
     "The default 6-domain corpus over the shared offline data (see `MANIFEST.md`)."
     tales = dict(andersen='andersen_fairy_tales', grimms='grimms_fairy_stories', irish='irish_fairy_book')
     return dict(
-        stories=[dict(path=f'stories_fairy_tales/{f}.txt', name=n, docs='paragraphs', unwrap=True) for n, f in tales.items()],
-        shakespeare=[dict(path='tinyshakespeare/input.txt', name='tinyshakespeare', docs='paragraphs')],
+        stories=[dict(path=f'stories_fairy_tales/{f}.txt', name=n, docs='paragraphs', unwrap=True, split_by='span:10')
+                 for n, f in tales.items()],
+        shakespeare=[dict(path='tinyshakespeare/input.txt', name='tinyshakespeare', docs='paragraphs', split_by='span:10')],
         encyclopedia=[dict(path=f'wikitext2/{s}.txt', name=f'wikitext2_{s}', docs='wikitext') for s in ('valid', 'test')],
         math=[dict(path='gsm8k/train.jsonl', name='gsm8k_train', prompt='{question}', response='{answer}',
                    replace=[['<<[^<>]*>>', '']]),
@@ -39,7 +41,7 @@ def default_corpus_spec()->dict:
                    response='{chain_of_thought}')],
         code=[dict(path='code_mbpp/mbpp.jsonl', name='mbpp', prompt='{text}', response='{code}')] +
              [dict(path=f'code_humaneval_x/humaneval_{l}.jsonl.gz', name=f'humaneval_{l}',
-                   text='{prompt}{canonical_solution}') for l in HUMANEVAL_LANGS],
+                   text='{prompt}{canonical_solution}', split_by='index') for l in HUMANEVAL_LANGS],
         dialog=[dict(path=f'dialog_topical_chat/{s}_freq.json', name=f'topical_chat_{s}', turns='content',
                      speaker='agent', message='message') for s in ('valid', 'test')])
 
@@ -189,6 +191,15 @@ def source_documents(src:dict, # one source of a corpus spec
 # %% ../nbs/10_data.ipynb #90fd16cc
 def _h(s:str)->int: return int(hashlib.sha1(s.encode()).hexdigest()[:13], 16)
 
+def split_unit(src:dict, # the document's source (its `split_by`: 'doc', 'index' or 'span:N')
+               dom:str, i:int)->str: # its domain and index in the source
+    "What a document's split is drawn from: itself, its record index across the domain's sources, or a span of N documents."
+    how = str(src.get('split_by', 'doc'))
+    if how == 'doc': return f"{dom}/{src['name']}/{i:06d}"
+    if how == 'index': return f"{dom}/index/{i:06d}"  # e.g. one problem in several languages: one split for all
+    if how.startswith('span:') and how[5:].isdigit() and int(how[5:]) > 0: return f"{dom}/{src['name']}/span{i // int(how[5:]):06d}"
+    raise EnsDistillError(f"source {src.get('name')!r} of domain {dom!r}: split_by={how!r} is not 'doc', 'index' or 'span:N'")
+
 def split_of(doc_id:str, dev_frac:float, test_frac:float)->str:
     "The split ('train', 'dev' or 'test') of a document, from a hash of its id."
     u = _h('split:' + doc_id) / 16**13
@@ -217,7 +228,7 @@ def _documents(cfg:RunConfig, spec:dict)->dict:
         for src in spec[dom]:
             for i, (t, pr, rs) in enumerate(source_documents(src, data_dir, dom)):
                 did = f"{dom}/{src['name']}/{i:06d}"
-                row = (did, dom, src['name'], t, pr, rs, split_of(did, cfg.dev_frac, cfg.test_frac))
+                row = (did, dom, src['name'], t, pr, rs, split_of(split_unit(src, dom, i), cfg.dev_frac, cfg.test_frac))
                 for k, v in zip(cols, row): cols[k].append(v)
     return cols
 
@@ -373,8 +384,25 @@ def cluster_purity(clusters, # cluster id per item
         _, cnt = np.unique(labels[clusters == c], return_counts=True); tot += cnt.max()
     return tot / len(clusters)
 
+# %% ../nbs/10_data.ipynb #d33edc41
+def _grams(a, n:int)->np.ndarray:
+    "Rolling hashes (uint64) of every token n-gram of the flattened array `a`."
+    a = np.asarray(a, np.int64).ravel().astype(np.uint64)
+    if len(a) < n: return np.zeros(0, np.uint64)
+    h = np.zeros(len(a) - n + 1, np.uint64)
+    with np.errstate(over='ignore'):
+        for j in range(n): h = h * np.uint64(1_000_003) + a[j:len(a) - n + 1 + j]
+    return h
+
+def ngram_overlap(train, # training tokens (any shape; flattened)
+                  test, # held-out tokens
+                  n:int=13)->float:
+    "Share of `test`'s token n-grams that also occur in `train` (0: no shared text; NaN without test n-grams)."
+    te = _grams(test, n)
+    return float(np.isin(te, np.unique(_grams(train, n))).mean()) if len(te) else float('nan')
+
 # %% ../nbs/10_data.ipynb #dfa0e89d
-DATA_VERSION = 2  # 2: c-BTM clusters balanced by tokens
+DATA_VERSION = 2  # 2: c-BTM clusters balanced by tokens; splits by problem (HumanEval-X) and by span (long texts)
 
 def data_fingerprint(cfg:RunConfig, tok, spec:dict|None=None)->str:
     "The fingerprint of the processed data `cfg` and `tok` would produce."
@@ -418,6 +446,14 @@ class Corpus:
     def block_clusters(self, split:str)->torch.Tensor: return torch.tensor(self.blocks[split]['cluster'], dtype=torch.long)
     def __repr__(self): return f"Corpus({self.fingerprint}: " + ', '.join(f'{k}={len(v)} blocks' for k, v in self.blocks.items()) + ')'
 
+# %% ../nbs/10_data.ipynb #d33edc43
+@patch
+def overlap(self:Corpus, n:int=13, split:str='test')->dict:
+    "Per domain: the share of `split`'s token n-grams found in that domain's training blocks (all of them for a held-out domain)."
+    tr, te = self.tokens('train').numpy(), self.tokens(split).numpy()
+    dtr, dte = np.array(self.block_domains('train')), np.array(self.block_domains(split))
+    return {d: ngram_overlap(tr[dtr == d] if (dtr == d).any() else tr, te[dte == d], n) for d in dict.fromkeys(dte.tolist())}
+
 # %% ../nbs/10_data.ipynb #c40057ae
 def _select(cfg:RunConfig, cols:dict, tok, doms:list)->list:
     "Selected documents as (split, domain, [doc indices into cols], [token ids])."
@@ -427,7 +463,7 @@ def _select(cfg:RunConfig, cols:dict, tok, doms:list)->list:
     for split in ('train', 'dev', 'test'):
         cap = cfg.max_tokens_per_domain if split == 'train' else cfg.eval_tokens_per_domain
         for d in doms:
-            if split == 'train' and d in cfg.holdout_domains: continue
+            if split != 'test' and d in cfg.holdout_domains: continue  # held out: test-only, never fitted on
             idx = sorted(groups.get((split, d), []), key=lambda i: order_key(cols['doc_id'][i]))
             fmt = lambda k: render(cols['text'][idx[k]], cols['prompt'][idx[k]], cols['response'][idx[k]], tok, cfg.chat_template)
             ids = take_until([cols['text'][i] for i in idx], tok, cap, fmt)

@@ -18,7 +18,7 @@ from .losses import student_buckets, teacher_buckets, forward_kl, kl_div
 # %% auto #0
 __all__ = ['STAT_FIELDS', 'TeacherAdapter', 'as_evaluable', 'brier', 'chunk_stats', 'js_div', 'member_diversity', 'TokenStats',
            'div_stride', 'token_stats', 'ece', 'adaptive_ece', 'reliability', 'block_bytes', 'summarise', 'evaluate',
-           'ensemble_gain', 'flatten_metrics', 'diversity_vs_gain', 'plot_domain_ppl', 'plot_reliability']
+           'ensemble_gain', 'flatten_metrics', 'diversity_vs_gain', 'kl_capture', 'plot_domain_ppl', 'plot_reliability']
 
 # %% ../nbs/60_eval.ipynb #f0bbd077
 class TeacherAdapter(nn.Module):
@@ -97,15 +97,15 @@ def _chunk_size(K:int, R:int, V:int, chunk:int|None)->int:
     "Tokens per head chunk: at most `chunk`, and about 2**25 floats for the R models' log-probs."
     return chunk_size(max(K, R), V, budget=2**25, lo=16, cap=chunk)
 
-def _batches(ens, tokens:Tensor, batch_size:int, amp, progress:bool=False):
-    "Yield (block indices [B], hidden [K,B*(T-1),d], targets [B*(T-1)]) over `tokens` [N,T]."
+def _batches(ens, tokens:Tensor, batch_size:int, amp, progress:bool=False, skip:int=0):
+    "Yield (block indices [B], hidden [K,B*(T-1-skip),d], targets [B*(T-1-skip)]) over `tokens` [N,T]."
     dev = ens.head_weight.device
     for s in tqdm(range(0, len(tokens), batch_size), disable=not progress, desc='eval'):
         idx = torch.arange(s, min(s + batch_size, len(tokens)))
         x = tokens[idx].to(dev)
         with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
-            h = ens.hidden(x)[:, :, :-1]                                   # [K,B,T-1,d]
-        yield idx, h.reshape(h.shape[0], -1, h.shape[-1]), x[:, 1:].reshape(-1)
+            h = ens.hidden(x)[:, :, skip:-1]                               # [K,B,T-1-skip,d]: targets after the prefix
+        yield idx, h.reshape(h.shape[0], -1, h.shape[-1]), x[:, skip+1:].reshape(-1)
 
 # %% ../nbs/60_eval.ipynb #924068b4
 def _check_inputs(ens, tokens, domains, cache, router_weights, rules):
@@ -161,6 +161,7 @@ def token_stats(ens, # PackedEnsemble, TeacherAdapter, HF causal LM or anything 
                 chunk:int|None=1024, # max tokens per head chunk
                 amp=None, # autocast dtype for the trunk and head matmuls (e.g. torch.bfloat16)
                 div_every:int|None=None, # member diversity on every n-th token (None: `div_stride(K)`; others NaN)
+                skip:int=0, # leading tokens of every block that are context only (e.g. the routing prefix): not scored
                 progress:bool=False)->TokenStats:
     "One chunked pass over `tokens`: per-token statistics of every member, rule and scaled rule."
     ens = as_evaluable(ens); temps = dict(temperatures or {})
@@ -171,14 +172,14 @@ def token_stats(ens, # PackedEnsemble, TeacherAdapter, HF causal LM or anything 
     n, every = _chunk_size(K, len(names), V, chunk), int(div_every or div_stride(K))
     parts = []
     with torch.inference_mode():
-        for idx, h, y in _batches(ens, tokens, batch_size, amp, progress):
+        for idx, h, y in _batches(ens, tokens, batch_size, amp, progress, skip):
             T1 = y.numel() // len(idx)
             w = router_weights[:, idx].to(h.device).float().repeat_interleave(T1, 1) if router_weights is not None else None
             tid = tb = None
             if cache is not None:
                 ids, logp, tail = cache.get(idx)
-                tid = ids[:, :-1].reshape(len(y), -1).to(h.device)
-                tb = teacher_buckets(logp[:, :-1].reshape(len(y), -1), tail[:, :-1].reshape(-1)).to(h.device)
+                tid = ids[:, skip:-1].reshape(len(y), -1).to(h.device)
+                tb = teacher_buckets(logp[:, skip:-1].reshape(len(y), -1), tail[:, skip:-1].reshape(-1)).to(h.device)
             def fn(lp, sl):
                 L = _models_logp(lp, rules, temps, None if w is None else w[:, sl])
                 st = chunk_stats(L, y[sl], None if tid is None else tid[sl], None if tb is None else tb[sl])
@@ -224,9 +225,10 @@ def reliability(conf:Tensor, correct:Tensor, n_bins:int=15)->dict:
 
 # %% ../nbs/60_eval.ipynb #89308ae2
 def block_bytes(tokens:Tensor, # blocks [N,T]
-                tokenizer)->Tensor: # the tokenizer that made them
-    "UTF-8 bytes of each block's target tokens (positions 1..T-1), special tokens skipped [N]."
-    return torch.tensor([len(tokenizer.decode(row[1:].tolist(), skip_special_tokens=True).encode('utf-8')) for row in tokens])
+                tokenizer, # the tokenizer that made them
+                skip:int=0)->Tensor: # leading target positions that are not scored
+    "UTF-8 bytes of each block's target tokens (positions 1+skip..T-1), special tokens skipped [N]."
+    return torch.tensor([len(tokenizer.decode(row[1+skip:].tolist(), skip_special_tokens=True).encode('utf-8')) for row in tokens])
 
 # %% ../nbs/60_eval.ipynb #dd72c2bc
 def summarise(ts:TokenStats, # statistics of one pass
@@ -288,21 +290,25 @@ def evaluate(ens, # PackedEnsemble, TeacherAdapter, HF causal LM or anything wit
              amp=None, # autocast dtype (e.g. torch.bfloat16) for matmuls; metrics stay fp32
              n_bins:int=15, # calibration bins
              div_every:int|None=None, # member diversity on every n-th token (None: `div_stride(K)`)
+             skip:int=0, # leading tokens of every block that are context only (`cfg.route_prefix`): not scored
              progress:bool=False)->dict:
     "Token-level metrics of an ensemble, its rules and members, per domain and overall (nested dict)."
     ens = as_evaluable(ens)
     _check_inputs(ens, tokens, domains, cache, router_weights, list(rules))
-    ts = token_stats(ens, tokens, cache, rules, router_weights, temperatures, batch_size, chunk, amp, div_every=div_every, progress=progress)
+    if not 0 <= skip < tokens.shape[1] - 1:
+        raise EnsDistillError(f"evaluate: skip={skip} leaves no scored token in blocks of {tokens.shape[1]}; lower route_prefix")
+    ts = token_stats(ens, tokens, cache, rules, router_weights, temperatures, batch_size, chunk, amp, div_every=div_every,
+                     skip=skip, progress=progress)
     groups, by_domain = _groups(domains, ts.block, holdout_domains)
     tok_bytes = None
     if tokenizer is not None:  # spread each block's bytes evenly over its tokens so any token mask sums right
-        T1 = tokens.shape[1] - 1
-        tok_bytes = (block_bytes(tokens, tokenizer).double() / T1)[ts.block]
+        T1 = tokens.shape[1] - 1 - skip
+        tok_bytes = (block_bytes(tokens, tokenizer, skip).double() / T1)[ts.block]
     rep = lambda n, rel=False: _model_report(ts, n, groups, by_domain, tok_bytes, n_bins, rel)
     ens_names = ts.names[ts.K:]
     res = dict(ensemble={n: rep(n, True) for n in ens_names}, members=[rep(f'member{k}', True) for k in range(ts.K)],
                diversity=_div_report(ts, groups, by_domain), temperatures=dict(temperatures or {}),
-               meta=dict(K=ts.K, n_blocks=len(tokens), block_size=tokens.shape[1], rules=ens_names, div_every=ts.div_every,
+               meta=dict(K=ts.K, n_blocks=len(tokens), block_size=tokens.shape[1], skip=skip, rules=ens_names, div_every=ts.div_every,
                          holdout_domains=list(holdout_domains), has_kl=ts.has_kl))
     res['gain'] = ensemble_gain(res)
     return res
@@ -343,6 +349,28 @@ def diversity_vs_gain(results:dict, # {run name: result of `evaluate`}
     df = pd.DataFrame(rows).set_index('run')
     corr = lambda meth: {c: float(df[c].corr(df['gain'], method=meth)) if len(df) > 2 else float('nan') for c in ('js', 'disagreement')}
     return dict(table=df, pearson=corr('pearson'), spearman=corr('spearman'))
+
+# %% ../nbs/60_eval.ipynb #ae9d9241
+@torch.no_grad()
+def kl_capture(ens, # the ensemble (anything `as_evaluable` takes)
+               teacher, # the teacher (an HF causal LM)
+               tokens:Tensor, # test blocks [N,T]
+               k:int, # the cache's top-k
+               rule:str='mean', # how the members combine ('mean' or 'product')
+               n_blocks:int=4, # blocks scored (the teacher's full logits are materialised block by block)
+               skip:int=0)->dict: # leading positions not scored
+    "Full-vocabulary vs top-k-bucket KL(teacher || ensemble) on the first `n_blocks` blocks, and their ratio."
+    ens, full, top = as_evaluable(ens), [], []
+    dev = ens.head_weight.device
+    for x in tokens[:n_blocks].to(dev).split(1):
+        lt = teacher(input_ids=x.to(next(teacher.parameters()).device)).logits.float().log_softmax(-1)[0, skip:-1].to(dev)  # [T',V]
+        lq = torch.einsum('kbtd,kvd->kbtv', ens.hidden(x), ens.head_weight).float().log_softmax(-1)[:, 0, skip:-1]  # [K,T',V]
+        le = combine(lq, rule)                                                                # [T',V]
+        ids = lt.topk(k, -1).indices
+        tb = torch.cat([lt.gather(-1, ids), lt.scatter(-1, ids, float('-inf')).logsumexp(-1, keepdim=True)], -1)
+        full.append(kl_div(lt, le)); top.append(forward_kl(tb, student_buckets(le, ids)))
+    f, t = float(torch.cat(full).double().mean()), float(torch.cat(top).double().mean())
+    return dict(k=k, n_tokens=len(torch.cat(full)), full_kl=f, topk_kl=t, fraction=t / f if f > 0 else float('nan'))
 
 # %% ../nbs/60_eval.ipynb #8091d9a5
 def plot_domain_ppl(res:dict, # result of `evaluate` for the ensemble

@@ -10,9 +10,9 @@ from torch import Tensor
 from .core import *
 
 # %% auto #0
-__all__ = ['TEACHER_FLOOR', 'KD_OBJECTIVES', 'student_buckets', 'teacher_buckets', 'kl_div', 'forward_kl', 'reverse_kl', 'jsd',
-           'skew_kl', 'kd_term', 'ce', 'distill_loss', 'fkl_ce_grad', 'per_example', 'alpha_at', 'mixture_kl',
-           'ensemble_kl', 'check_finite']
+__all__ = ['TEACHER_FLOOR', 'KD_OBJECTIVES', 'student_buckets', 'tempered_tail', 'teacher_buckets', 'kl_div', 'forward_kl',
+           'reverse_kl', 'jsd', 'skew_kl', 'kd_term', 'ce', 'distill_loss', 'fkl_ce_grad', 'per_example', 'alpha_at',
+           'mixture_kl', 'ensemble_kl', 'check_finite']
 
 # %% ../nbs/40_losses.ipynb #736348b8
 def _bshape(*shapes)->torch.Size:
@@ -58,22 +58,22 @@ def student_buckets(logits:Tensor, # student logits [..., V]
 # %% ../nbs/40_losses.ipynb #b30c6437
 TEACHER_FLOOR = -100. # teacher bucket log-probs are floored here (exp(-100) ~ 4e-44: no visible mass)
 
-def teacher_buckets(t_logp:Tensor, # teacher top-k log-probs [..., k]
-                    t_tail:Tensor, # log of the teacher's remaining mass [...]
+def tempered_tail(t_full:Tensor, # the teacher's full log-probs [..., V]
+                  ids:Tensor, # its top-k ids [..., k]
+                  tau:float)->Tensor: # temperature
+    "The cache's tempered tail: log sum over the non-top-k ids of exp(logp / tau) [...] (the tail log-mass at tau=1)."
+    return (t_full.float() / tau).scatter(-1, ids.long(), float('-inf')).logsumexp(-1)
+
+def teacher_buckets(t_logp:Tensor, # teacher top-k log-probs at tau=1 [..., k]
+                    t_tail:Tensor, # the tempered tail at `tau` (`tempered_tail`; at tau=1 the log tail mass) [...]
                     tau:float=1., # temperature
-                    vocab_size:int|None=None, # teacher vocabulary size V (needed when tau != 1)
                    )->Tensor: # log-probs [..., k+1]
-    "Teacher log-probs on the k+1 buckets; at `tau != 1` the tail is tempered as if spread uniformly."
+    "The tempered teacher's exact log-probs on the k+1 buckets: softmax of (logp / tau, tempered tail)."
     t_logp, t_tail = t_logp.float(), t_tail.float()
     if t_logp.shape[:-1] != t_tail.shape:
         raise EnsDistillError(f"losses: teacher logp {tuple(t_logp.shape)} and tail {tuple(t_tail.shape)} disagree; tail must be logp.shape[:-1]")
     if tau == 1: return torch.cat([t_logp, t_tail[..., None]], -1).clamp_min(TEACHER_FLOOR)
-    k = t_logp.shape[-1]
-    if vocab_size is None: raise EnsDistillError("teacher_buckets: pass vocab_size when tau != 1 (it sets the uniform tail)")
-    if vocab_size < k: raise EnsDistillError(f"teacher_buckets: vocab_size {vocab_size} < k {k}")
-    if vocab_size == k: tail = torch.full_like(t_tail, float('-inf'))
-    else: ln = math.log(vocab_size - k); tail = ln + (t_tail - ln) / tau
-    return torch.cat([t_logp / tau, tail[..., None]], -1).log_softmax(-1).clamp_min(TEACHER_FLOOR)
+    return torch.cat([t_logp / tau, t_tail[..., None]], -1).log_softmax(-1).clamp_min(TEACHER_FLOOR)
 
 # %% ../nbs/40_losses.ipynb #0cdd6a79
 _NEG = -1e30  # floor for log-probs: exp() is 0, differences stay finite
@@ -168,7 +168,6 @@ def distill_loss(logits:Tensor, # student logits [..., V]
                  tau:float=1., # distillation temperature
                  beta:float=.5, # jsd beta
                  skew:float=.1, # skew KL skew
-                 vocab_size:int|None=None, # teacher vocabulary size (default: logits.shape[-1])
                  ignore_index:int=-100, # target value that masks a position
                 )->dict: # {'loss','kd','ce'}: per-token tensors of the logits' leading shape
     "Per-token `alpha*KD + (1-alpha)*CE` against the cached teacher top-k."
@@ -184,7 +183,7 @@ def distill_loss(logits:Tensor, # student logits [..., V]
     if not 0 <= alpha <= 1: raise EnsDistillError(f"alpha must be in [0, 1], got {alpha}")
     if t_ids.shape != t_logp.shape: raise EnsDistillError(f"losses: cache ids {tuple(t_ids.shape)} and logp {tuple(t_logp.shape)} disagree")
     with torch.set_grad_enabled(torch.is_grad_enabled() and alpha > 0):
-        tb = teacher_buckets(t_logp, t_tail, tau, vocab_size or logits.shape[-1])
+        tb = teacher_buckets(t_logp, t_tail, tau)
         kd = kd_term(tb, student_buckets(logits, t_ids, tau, lse if tau == 1 else None), objective, beta, skew) * tau**2
         kd = torch.where(mask, kd, 0.)
     loss = kd if alpha == 1 else c if alpha == 0 else alpha*kd + (1-alpha)*c
@@ -204,7 +203,7 @@ def fkl_ce_grad(logits:Tensor, # student logits [..., V] (any float dtype)
                 targets:Tensor, # next-token ids [...] (ignore_index masks)
                 t_ids:Tensor, t_logp:Tensor, t_tail:Tensor, # teacher top-k ids/log-probs [..., k] and log tail [...]
                 weight:Tensor, # per-token loss weights [...] (0 where masked)
-                alpha:float=1., tau:float=1., vocab_size:int|None=None, ignore_index:int=-100,
+                alpha:float=1., tau:float=1., ignore_index:int=-100,
                 grad_dtype:torch.dtype|None=None, # dtype of the returned gradient (None: fp32)
                 inplace:bool=False, # tau=1: `logits` (and `work`) may be overwritten and hold the returned gradient
                 work:Tensor|None=None, # tau=1: fp32 scratch of the logits' shape (None: allocated)
@@ -213,7 +212,7 @@ def fkl_ce_grad(logits:Tensor, # student logits [..., V] (any float dtype)
     mask, V = targets != ignore_index, logits.shape[-1]
     w = torch.where(mask, weight.float(), 0.)[..., None]                    # [..., 1]
     y, ids = targets.clamp(min=0).long()[..., None], t_ids.long()
-    tb = teacher_buckets(t_logp, t_tail, tau, vocab_size or V)            # [..., k+1]
+    tb = teacher_buckets(t_logp, t_tail, tau)                             # [..., k+1]
     p = tb.exp()
     if tau == 1:                                                          # in place, from gathered values: 6 passes over V
         zS, zy = logits.gather(-1, ids).float(), logits.gather(-1, y).float()

@@ -135,26 +135,27 @@ def ncl_mean_fn(comm:Comm, K:int):
 
 # %% ../nbs/47_parallel.ipynb #fe9ecf24
 @torch.no_grad()
-def member_target_logprobs(ens:PackedEnsemble, x:torch.Tensor)->torch.Tensor:
-    "Each member's log-prob of the next token at every position of blocks `x` [B,T] -> [K,B,T-1]."
+def member_target_logprobs(ens:PackedEnsemble, x:torch.Tensor, skip:int=0)->torch.Tensor:
+    "Each member's log-prob of the next token at every position after `skip` of blocks `x` [B,T] -> [K,B,T-1-skip]."
     x = x.to(ens.embed.device)
-    return ens.logprobs_at(ens.hidden(x)[:, :, :-1], x[:, 1:]).float()
+    return ens.logprobs_at(ens.hidden(x)[:, :, skip:-1], x[:, skip+1:]).float()
 
 @torch.no_grad()
 def parallel_perplexity(ens:PackedEnsemble, # this rank's members
                         tokens:torch.Tensor, # held-out blocks [N,T] (the same on every rank)
                         comm:Comm, sizes:list, # members per rank
                         weights:torch.Tensor|None=None, # per-block member weights [K,N] (weighted mixture)
-                        batch_size:int=8)->dict:
+                        batch_size:int=8,
+                        skip:int=0)->dict: # leading target positions not scored (the routing prefix)
     "Perplexity of the mixture and of every member, from all-gathered target-token log-probs (same on every rank)."
     nll, mem, n = 0., 0., 0
     for s in range(0, len(tokens), batch_size):
         x = tokens[s:s + batch_size]; B, T = x.shape
-        lp = comm.all_gather(member_target_logprobs(ens, x), sizes, 'ppl', tokens=B * (T - 1))  # [K,B,T-1]
+        lp = comm.all_gather(member_target_logprobs(ens, x, skip), sizes, 'ppl', tokens=B * (T - 1 - skip))  # [K,B,T-1-skip]
         logw = (torch.full((lp.shape[0], B), -math.log(lp.shape[0])) if weights is None else
                 (weights[:, s:s+B] / weights[:, s:s+B].sum(0)).log()).to(lp.device)           # [K,B]
         nll -= float((lp + logw[..., None]).logsumexp(0).double().sum()); mem = mem - lp.double().sum((1, 2)).cpu()
-        n += B * (T - 1)
+        n += B * (T - 1 - skip)
     return dict(ppl=math.exp(nll / n), member_ppl=(mem / n).exp().tolist(), tokens=n)
 
 # %% ../nbs/47_parallel.ipynb #2d476340

@@ -18,7 +18,7 @@ from .methods import Context, get_method, method_names
 from .compute import add_overhead, count_params, inference_flops_per_token
 from .routing import router_weights, router_flops
 from .packed import PackedEnsemble
-from .eval import evaluate
+from .eval import evaluate, kl_capture
 
 # %% auto #0
 __all__ = ['prepare_run', 'prepare', 'evaluate_run', 'headline', 'run_pipeline', 'run_method', 'run_parallel']
@@ -36,9 +36,12 @@ def prepare_run(cfg:RunConfig, progress:bool=True, verbose:bool=True)->dict:
     caches = teacher_caches(cfg, corpus, model, tok, progress=progress); phase('topk cache')
     stats = dict(bytes_per_token=caches['train'].bytes_per_token, cache_flops=sum(c.flops for c in caches.values()),
                  blocks={s: len(c) for s, c in caches.items()},
-                 cluster_purity=cluster_purity(corpus.block_clusters('train'), corpus.block_domains('train')))
-    if verbose: print(f"blocks {stats['blocks']}, {stats['bytes_per_token']:.1f} B/token ({cfg.cache_dtype}, k={cfg.topk}), "
-                      f"cache pass {stats['cache_flops']:.3g} FLOPs, cluster purity {stats['cluster_purity']:.3f}")
+                 cluster_purity=cluster_purity(corpus.block_clusters('train'), corpus.block_domains('train')),
+                 ngram_overlap=corpus.overlap(13))
+    if verbose:
+        print(f"blocks {stats['blocks']}, {stats['bytes_per_token']:.1f} B/token ({cfg.cache_dtype}, k={cfg.topk}), "
+              f"cache pass {stats['cache_flops']:.3g} FLOPs, cluster purity {stats['cluster_purity']:.3f}")
+        print('13-gram overlap of test with train: ' + ', '.join(f'{d} {v:.4f}' for d, v in stats['ngram_overlap'].items()))
     return dict(cfg=cfg, model=model, tokenizer=tok, corpus=corpus, caches=caches, times=times, stats=stats)
 
 # %% ../nbs/68_pipeline.ipynb #2ebd56d8
@@ -65,8 +68,10 @@ def evaluate_run(ctx:Context, ens:PackedEnsemble)->dict:
     w = router_weights(ctx, ens.to(dev).eval(), 'test')
     res = evaluate(ens, ctx.corpus.tokens('test'), ctx.corpus.block_domains('test'), cache=ctx.caches['test'],
                    tokenizer=ctx.tokenizer, rules=('mean', 'product'), router_weights=w, batch_size=c.eval_batch,
-                   holdout_domains=c.holdout_domains, amp=autocast_dtype(c.dtype, dev))
+                   holdout_domains=c.holdout_domains, amp=autocast_dtype(c.dtype, dev), skip=c.route_prefix)
     res['meta']['headline_rule'] = 'weighted' if w is not None else c.combine
+    res['meta']['kl_capture'] = kl_capture(ens, ctx.teacher, ctx.corpus.tokens('test'), c.topk, 'product' if c.combine == 'product' else 'mean',
+                                           skip=c.route_prefix)   # the cache's honesty figure (the mixture for routed runs)
     return res
 
 # %% ../nbs/68_pipeline.ipynb #43e9a339
@@ -77,7 +82,8 @@ def headline(res:dict)->dict:
                brier=e['brier'], top1_acc=e['acc'], mean_member_ppl=float(sum(m['ppl'] for m in mem) / len(mem)),
                mean_member_ce=float(sum(m['ce'] for m in mem) / len(mem)), ensemble_gain=res['gain'][r]['overall'],
                js=res['diversity']['overall']['js'], disagreement=res['diversity']['overall']['disagreement'],
-               ppl_by_domain={d: v['ppl'] for d, v in res['ensemble'][r]['by_domain'].items()})
+               ppl_by_domain={d: v['ppl'] for d, v in res['ensemble'][r]['by_domain'].items()},
+               kl_capture=res['meta'].get('kl_capture', {}).get('fraction'))
     if 'ood' in res['ensemble'][r]:
         out.update(ood_ppl=res['ensemble'][r]['ood']['ppl'], in_domain_ppl=res['ensemble'][r]['in_domain']['ppl'])
     return out
@@ -95,7 +101,7 @@ def _gather(ctx:Context, ens, summary:dict, rounds:bool, phases:dict)->tuple|Non
     comm, cfg = ctx.comm, ctx.cfg
     split = member_split(cfg.K, comm.world); sizes = [b - a for a, b in split]
     t = time.time(); part = shard_members(ens, *split[comm.rank]) if rounds else ens
-    ppl = parallel_perplexity(part.eval(), ctx.corpus.tokens('test'), comm, sizes, batch_size=cfg.eval_batch)
+    ppl = parallel_perplexity(part.eval(), ctx.corpus.tokens('test'), comm, sizes, batch_size=cfg.eval_batch, skip=cfg.route_prefix)
     phases['parallel_ppl'] = time.time() - t
     t = time.time()
     parts = None if rounds else comm.gather_object({n: v.detach().cpu() for n, v in ens.state_dict().items()})
@@ -121,7 +127,7 @@ def _record(ctx:Context, run:RunDir, ens, summary:dict, prep:dict, phases:dict, 
     atomic_write(run.path/'eval.json', res)
     st = prep['stats']
     m = run_record(ctx.cfg, headline(res), {**summary, 'K': ens.K}, teacher_cache_flops=st['cache_flops'],
-                   cache_bytes_per_token=st['bytes_per_token'], cluster_purity=st['cluster_purity'],
+                   cache_bytes_per_token=st['bytes_per_token'], cluster_purity=st['cluster_purity'], ngram_overlap=st['ngram_overlap'],
                    inference_flops_per_token=inference_flops_per_token(count_params(ens) // ens.K, ens.K),
                    **({'parallel': par} if par else {}), phases=phases, wall_s=time.time() - t0)
     run.finish(m)

@@ -16,10 +16,10 @@ __all__ = ['route_features', 'tfidf_weights', 'member_buckets', 'fit_router', 'l
 
 # %% ../nbs/52_routing.ipynb #30988717
 def route_features(ctx:Context, split:str)->tuple:
-    "Squared tf-idf distances [N,C] of each block's context to the centres, and which blocks have a context [N]."
-    tokens, doms = ctx.corpus.tokens(split), ctx.corpus.block_domains(split)
-    has = torch.tensor([i > 0 and doms[i-1] == doms[i] for i in range(len(doms))])
-    texts = [ctx.tokenizer.decode(tokens[i-1]) if h else '' for i, h in enumerate(has.tolist())]
+    "Squared tf-idf distances [N,C] of each block's prefix to the centres, and which blocks have a prefix [N]."
+    P, tokens = ctx.cfg.route_prefix, ctx.corpus.tokens(split)
+    texts = [ctx.tokenizer.decode(row[:P]) for row in tokens] if P else [''] * len(tokens)
+    has = torch.tensor([bool(t.strip()) for t in texts], dtype=torch.bool)   # an empty prefix: uniform weights
     return torch.as_tensor(ctx.corpus.router.distances(texts), dtype=torch.float32), has
 
 def tfidf_weights(d:torch.Tensor, has:torch.Tensor, temp:float)->torch.Tensor:
@@ -30,14 +30,15 @@ def tfidf_weights(d:torch.Tensor, has:torch.Tensor, temp:float)->torch.Tensor:
 
 # %% ../nbs/52_routing.ipynb #17653540
 @torch.no_grad()
-def member_buckets(ens:PackedEnsemble, tokens:torch.Tensor, cache, batch_size:int=16)->tuple:
-    "Members' bucket log-probs [K,N,T-1,k+1] and the teacher's [N,T-1,k+1] on blocks `tokens`."
+def member_buckets(ens:PackedEnsemble, tokens:torch.Tensor, cache, batch_size:int=16,
+                   skip:int=0)->tuple: # leading target positions left out (the routing prefix)
+    "Members' bucket log-probs [K,N,T-1-skip,k+1] and the teacher's [N,T-1-skip,k+1] on blocks `tokens`."
     qs, ps = [], []
     for s in range(0, len(tokens), batch_size):
         idx = torch.arange(s, min(s + batch_size, len(tokens)))
         x = tokens[idx]; ids, lp, tl = cache.get(idx); B, T = x.shape; ids_f = ids.reshape(B*T, -1)
         q = head_map(ens.hidden(x), ens.head_weight, lambda lq, sl: student_buckets(lq, ids_f[sl]))  # [K,B*T,k+1]
-        qs.append(q.view(ens.K, B, T, -1)[:, :, :-1]); ps.append(teacher_buckets(lp, tl)[:, :-1])
+        qs.append(q.view(ens.K, B, T, -1)[:, :, skip:-1]); ps.append(teacher_buckets(lp, tl)[:, skip:-1])
     return torch.cat(qs, 1), torch.cat(ps)
 
 # %% ../nbs/52_routing.ipynb #dfe4bbad
@@ -69,7 +70,7 @@ def router_weights(ctx:Context, ens:PackedEnsemble, split:str='test')->torch.Ten
     d, has = route_features(ctx, split)
     if c.routing == 'tfidf': return tfidf_weights(d, has, c.route_temp)
     dd, hd = route_features(ctx, 'dev')
-    q, p = member_buckets(ens, ctx.corpus.tokens('dev'), ctx.caches['dev'])
+    q, p = member_buckets(ens, ctx.corpus.tokens('dev'), ctx.caches['dev'], skip=c.route_prefix)
     return learned_weights(fit_router(dd, hd, q, p, seed=c.seed), d, has)
 
 def router_flops(ctx:Context, ens:PackedEnsemble)->float:

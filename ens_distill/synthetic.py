@@ -59,15 +59,15 @@ class ConcatCache:
         self.bounds = torch.tensor([0] + [len(c) for c in caches]).cumsum(0)
     def __len__(self): return int(self.bounds[-1])
 
-    def get(self, idx)->tuple:
-        "(ids, logp, tail) of blocks `idx`, gathered from the caches that hold them."
+    def get(self, idx, tau:float=1.)->tuple:
+        "(ids, logp, tail at tau) of blocks `idx`, gathered from the caches that hold them."
         idx = torch.as_tensor(idx).long().flatten()
         part = torch.bucketize(idx, self.bounds[1:], right=True)
         out = None
         for j, c in enumerate(self.caches):
             m = part == j
             if not m.any(): continue
-            r = c.get(idx[m] - self.bounds[j])
+            r = c.get(idx[m] - self.bounds[j], tau)
             if out is None: out = [torch.empty((len(idx), *t.shape[1:]), dtype=t.dtype) for t in r]
             for o, t in zip(out, r): o[m] = t
         return tuple(out)
@@ -100,6 +100,6 @@ def synthetic_data(cfg:RunConfig, # gen_* settings, tokens_per_member, seed, top
         blocks = _generate_blocks(cfg, teacher, tok, tokens, n, n_prompt, gs)
         atomic_write(f, save({'tokens': blocks}))
     syn = load_file(str(f))['tokens']
-    cache = TopKCache.build(teacher, syn, root/'topk', k=cfg.topk, dtype=cfg.cache_dtype, batch_size=cfg.eval_batch,
+    cache = TopKCache.build(teacher, syn, root/'topk', k=cfg.topk, dtype=cfg.cache_dtype, batch_size=cfg.eval_batch, taus=cfg.cache_taus,
                             teacher_dtype=cfg.teacher_dtype, meta=dict(data=fp), progress=False)
     return syn, cache

@@ -15,6 +15,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from .core import *
 from .compute import count_params, forward_flops
 from .runs import atomic_write, cache_path
+from .losses import tempered_tail
 
 # %% auto #0
 __all__ = ['TINY_SPECIALS', 'TINY_CHAT_TEMPLATE', 'SMOLLM2_GGUF', 'TEACHERS', 'U8_STEP', 'CACHE_DTYPES', 'CACHE_FORMAT', 'SPLITS',
@@ -219,7 +220,7 @@ def decode_logprobs(arrs:dict)->tuple:
     return torch.cat([top1, top1 - gaps * U8_STEP], -1), tail
 
 # %% ../nbs/20_teacher.ipynb #4cf3954a
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: exact tempered tails per cached tau
 
 class TopKCache:
     "A memory-mapped top-k teacher logit cache: `get(idx)` -> (ids [B,T,k], logp [B,T,k], tail [B,T])."
@@ -240,6 +241,7 @@ class TopKCache:
     block_size = property(lambda self: self.manifest['fingerprint']['block_size'])
     vocab_size = property(lambda self: self.manifest['fingerprint']['vocab_size'])
     flops = property(lambda self: self.manifest['flops'])
+    taus = property(lambda self: self.manifest['fingerprint'].get('taus', []))
     n_tokens = property(lambda self: len(self) * self.block_size)
     nbytes = property(lambda self: sum(s['bytes'] for s in self.manifest['shards']))
     bytes_per_token = property(lambda self: self.nbytes / max(1, self.n_tokens))
@@ -267,13 +269,18 @@ def _open_shard(root:Path, info:dict, verify:bool)->dict:
 # %% ../nbs/20_teacher.ipynb #1b1e9ff0
 @patch
 def get(self:TopKCache, idx, # block indices: LongTensor [B], list or int
+        tau:float=1., # temperature: the tail returned is the tempered tail at tau (`losses.tempered_tail`)
        )->tuple:
-    "ids int64 [B,T,k], log-probs float32 [B,T,k] and log tail mass float32 [B,T] of blocks `idx`."
+    "ids int64 [B,T,k], log-probs float32 [B,T,k] and the (tempered) tail float32 [B,T] of blocks `idx`."
     idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1).numpy()
     if len(idx) and (idx.min() < 0 or idx.max() >= len(self)):
         raise IndexError(f"block index out of range [0, {len(self)}) in top-k cache {self.path}")
     sb = self.manifest['shard_blocks']; sh, loc = idx // sb, idx % sb
-    names = ['ids', 'tail'] + (['logp'] if self.dtype == 'fp16' else ['top1', 'gaps'])
+    tau = float(tau)
+    if tau != 1 and tau not in self.taus:
+        raise EnsDistillError(f"tau={tau:g} is not in top-k cache {self.path} (cached: {[1.] + self.taus}); "
+                              "add it to cache_taus and rebuild, or pick a cached tau")
+    names = ['ids', 'tail'] + (['logp'] if self.dtype == 'fp16' else ['top1', 'gaps']) + ([f'tail_t{tau:g}'] if tau != 1 else [])
     ref = self._shards[0] if self._shards else {}
     out = {n: np.empty((len(idx),) + ref[n].shape[1:], ref[n].dtype) for n in names} if ref else None
     if out is None: return (torch.zeros(0, self.block_size, self.k, dtype=torch.long),
@@ -282,6 +289,7 @@ def get(self:TopKCache, idx, # block indices: LongTensor [B], list or int
         m = sh == s
         for n in names: out[n][m] = self._shards[s][n][loc[m]]
     logp, tail = decode_logprobs(out)
+    if tau != 1: tail = torch.from_numpy(out[f'tail_t{tau:g}'].astype(np.float32))
     return torch.from_numpy(out['ids'].astype(np.int64)), logp, tail
 
 # %% ../nbs/20_teacher.ipynb #be7e9565
@@ -310,18 +318,31 @@ def _resume_manifest(out:Path, fp:dict, base:dict)->dict:
     return old
 
 # %% ../nbs/20_teacher.ipynb #fe45ae4f
-def _cache_forward(model, x:torch.Tensor, k:int, amp)->tuple:
-    "Teacher top-k ids, log-probs and tails for a batch of blocks `x` [B,T]."
+def _tempered_tails(logits:torch.Tensor, ids:torch.Tensor, taus:list, chunk_elems:int=1<<27)->torch.Tensor:
+    "The tempered tail (`losses.tempered_tail`) of every row at every tau [len(taus), ...], fp32, in row chunks."
+    V, lead = logits.shape[-1], logits.shape[:-1]
+    rows, ir = logits.reshape(-1, V), ids.reshape(-1, ids.shape[-1])
+    out = torch.empty(len(taus), rows.shape[0])
+    for s in range(0, rows.shape[0], max(1, chunk_elems // V)):
+        lp = rows[s:s + max(1, chunk_elems // V)].float().log_softmax(-1)
+        for j, t in enumerate(taus): out[j, s:s + len(lp)] = tempered_tail(lp, ir[s:s + len(lp)], t).cpu()
+    return out.reshape(len(taus), *lead)
+
+def _cache_forward(model, x:torch.Tensor, k:int, amp, taus:list=())->tuple:
+    "Teacher top-k ids, log-probs, tails and tempered tails [len(taus),B,T] for a batch of blocks `x` [B,T]."
     with torch.inference_mode(), torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
         logits = model(input_ids=x, use_cache=False).logits  # [B,T,V]
-    with torch.inference_mode(): i, lp, tail = topk_logprobs(logits, k)
+    with torch.inference_mode():
+        i, lp, tail = topk_logprobs(logits, k)
+        tt = _tempered_tails(logits, i, list(taus))
     if not torch.isfinite(lp[..., 0]).all(): raise EnsDistillError("teacher produced NaN/inf logits; use teacher_dtype='fp32'")
-    return i, lp, tail
+    return i, lp, tail, tt
 
-def _encode_shard(ids, lp, tail, dtype:str, V:int)->bytes:
-    "One shard's safetensors bytes."
+def _encode_shard(ids, lp, tail, tt, dtype:str, V:int, taus:list)->bytes:
+    "One shard's safetensors bytes (tempered tails as fp16 arrays `tail_t<tau>`)."
     arrs = encode_logprobs(lp, tail, dtype)
     arrs['ids'] = ids.to(torch.int32).cpu().numpy().astype(np.uint16 if V <= 65536 else np.int32)
+    for j, t in enumerate(taus): arrs[f'tail_t{t:g}'] = tt[j].half().cpu().numpy()
     return st_save(arrs)
 
 # %% ../nbs/20_teacher.ipynb #31b59f6a
@@ -330,13 +351,14 @@ def build(cls:TopKCache, model, # teacher causal LM (HF)
           tokens:torch.Tensor, # [N, T] token ids
           out_dir, # cache directory (created; resumed when partial)
           k:int=32, # ids kept per position
-          dtype:str='u8', # storage: 'u8' (99 B/token at k=32) or 'fp16' (130 B/token)
+          dtype:str='u8', # storage: 'u8' (99 B/token at k=32) or 'fp16' (130 B/token); + 2 B/token per tempered tail
           batch_size:int=8, # blocks per teacher forward
           meta:dict=None, # extra fingerprint entries, e.g. dict(data=corpus.fingerprint, tokenizer=...)
           teacher_dtype:str='auto', # forward autocast: 'auto' (bf16 where fast), 'bf16' or 'fp32'
           shard_blocks:int=256, # blocks per shard file
           progress:bool=True, # show a tqdm bar
           on_shard=None, # called with the shard index after each committed shard (tests)
+          taus=(1.5, 2., 3.), # temperatures whose exact tempered tails are stored (tau=1 is always there)
          )->TopKCache:
     "Run the teacher over `tokens` and store its top-k log-probs and tail (resumable); return the opened cache."
     if dtype not in CACHE_DTYPES: raise EnsDistillError(f"top-k cache dtype {dtype!r} is not one of {CACHE_DTYPES}")
@@ -344,8 +366,9 @@ def build(cls:TopKCache, model, # teacher causal LM (HF)
     _check_tokens(tokens, V, k)
     amp = autocast_dtype(teacher_dtype, dev)
     N, T = tokens.shape
+    taus = sorted({float(t) for t in taus if float(t) != 1.})
     fp = dict(format=CACHE_FORMAT, teacher=teacher_name(model), k=k, dtype=dtype, block_size=T, vocab_size=V,
-              n_blocks=N, tokens=tokens_hash(tokens), teacher_dtype='bf16' if amp else 'fp32', **(meta or {}))
+              n_blocks=N, tokens=tokens_hash(tokens), teacher_dtype='bf16' if amp else 'fp32', taus=taus, **(meta or {}))
     n_params = count_params(model)
     out = Path(out_dir)
     man = _resume_manifest(out, fp, dict(shard_blocks=shard_blocks, n_blocks=N, flops=forward_flops(n_params, N * T), seconds=0.))
@@ -361,8 +384,9 @@ def _build_shards(model, tokens, out:Path, man:dict, batch_size:int, amp, progre
     bar = tqdm(total=N, initial=min(N, len(man['shards']) * sb), unit='block', desc=f'top-k cache {out.name}', disable=not progress)
     for s in range(len(man['shards']), -(-N // sb)):
         t0, rows = time.time(), tokens[s*sb:(s+1)*sb]
-        parts = [_cache_forward(model, x.to(dev), fp['k'], amp) for x in rows.split(batch_size)]
-        data = _encode_shard(*(torch.cat(p) for p in zip(*parts)), fp['dtype'], fp['vocab_size'])
+        parts = [_cache_forward(model, x.to(dev), fp['k'], amp, fp['taus']) for x in rows.split(batch_size)]
+        ids, lp, tail, tt = (torch.cat(p, 1 if j == 3 else 0) for j, p in enumerate(zip(*parts)))
+        data = _encode_shard(ids, lp, tail, tt, fp['dtype'], fp['vocab_size'], fp['taus'])
         name = f'shard_{s:05d}.safetensors'
         atomic_write(out/name, data)
         man['shards'].append(dict(file=name, n_blocks=len(rows), bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
@@ -380,14 +404,14 @@ def topk_dir(cfg:RunConfig, corpus, model, tokenizer)->Path:
     amp = autocast_dtype(cfg.teacher_dtype, next(model.parameters()).device)
     toks = [tokens_hash(corpus.tokens(s)) for s in SPLITS]
     fp = fingerprint(toks, teacher_name(model), tokenizer_hash(tokenizer), cfg.topk, cfg.cache_dtype, 'bf16' if amp else 'fp32',
-                     CACHE_FORMAT)
+                     CACHE_FORMAT, sorted(cfg.cache_taus))
     return cache_path(cfg.cache_dir, 'topk', fp)
 
 def teacher_caches(cfg:RunConfig, corpus, model, tokenizer, splits=SPLITS, progress:bool=True)->dict:
     "Build or reuse the top-k teacher caches of a corpus: {split: TopKCache}."
     model.to(resolve_device(cfg.device))
     root, tok_fp = topk_dir(cfg, corpus, model, tokenizer), tokenizer_hash(tokenizer)
-    return {s: TopKCache.build(model, corpus.tokens(s), root/s, k=cfg.topk, dtype=cfg.cache_dtype,
+    return {s: TopKCache.build(model, corpus.tokens(s), root/s, k=cfg.topk, dtype=cfg.cache_dtype, taus=cfg.cache_taus,
                                batch_size=cfg.eval_batch, teacher_dtype=cfg.teacher_dtype, progress=progress,
                                meta=dict(split=s, tokenizer=tok_fp))
             for s in splits}

@@ -108,7 +108,7 @@ def batch_loss(ens, # a `PackedEnsemble`
                            alpha=alpha, tau=cfg.tau, beta=cfg.jsd_beta, skew=cfg.skew)
         m, loss = mask[:, tok] / denom, out['loss']
         if ncl_lambda:                                                        # the KD term becomes (1-l) own KL + l mixture KL
-            tb = teacher_buckets(logp[:, tok], tail[:, tok], cfg.tau, logits.shape[-1])
+            tb = teacher_buckets(logp[:, tok], tail[:, tok], cfg.tau)
             joint = mixture_kl(tb, student_buckets(logits, ids[:, tok], cfg.tau), ncl_mean) * cfg.tau**2  # [K,n]
             stats['ncl'] += (joint.detach() * m).sum(1).float()
             loss = loss + alpha * ncl_lambda * (joint - out['kd'])
@@ -181,11 +181,11 @@ def n_steps(cfg:RunConfig, block_size:int)->int:
     "Optimizer steps that spend the token budget of one member."
     return max(1, math.ceil(cfg.tokens_per_member / (cfg.batch_size * cfg.grad_accum * block_size)))
 
-def _batch(tokens, cache, plan, idx, pos, device):
-    "Inputs [K,B,T], teacher top-k tensors and block weights for block indices `idx` [K,B]."
+def _batch(tokens, cache, plan, idx, pos, device, tau:float=1.):
+    "Inputs [K,B,T], teacher top-k tensors (tails tempered at `tau`) and block weights for block indices `idx` [K,B]."
     K, B = idx.shape
     x = tokens[idx].to(device)                                                # [K,B,T]
-    ids, logp, tail = cache.get(idx.reshape(-1))
+    ids, logp, tail = cache.get(idx.reshape(-1), tau)
     t = (ids.reshape(K, B, *ids.shape[1:]).to(device), logp.reshape(K, B, *logp.shape[1:]).to(device),
          tail.reshape(K, B, -1).to(device))
     w = None if plan.weights is None else torch.stack([plan.weights[k][pos[k]] for k in range(K)]).to(device)
@@ -228,7 +228,7 @@ def train(ens, # a `PackedEnsemble` (K members)
         opt.zero_grad(set_to_none=True)
         stats = {n: torch.zeros(K) for n in ('loss', 'kd', 'ce', 'ncl')}
         for _ in range(cfg.grad_accum):
-            x, t, w = _batch(tokens, cache, plan, *streams.next(), device)
+            x, t, w = _batch(tokens, cache, plan, *streams.next(), device, cfg.tau)
             with torch.autocast(device.type, dtype=ac or torch.float32, enabled=ac is not None):
                 loss, st = batch_loss(ens, x, t, cfg, alpha, w, plan.ncl_lambda, plan.ncl_mean, plan.chunk)
             check_finite(loss, step + 1)

@@ -7,10 +7,10 @@ from ens_distill.losses import *
 
 OBJS = ['fkl', 'rkl', 'jsd', 'skl']
 
-def cache_of(t_full, k):
-    "A top-k cache (ids, logp, tail) from full teacher log-probs [..., V]."
+def cache_of(t_full, k, tau=1.):
+    "A top-k cache (ids, logp, tail at tau) from full teacher log-probs [..., V], as `TopKCache.get(idx, tau)` returns it."
     o = t_full.argsort(-1, descending=True)
-    return o[..., :k], t_full.gather(-1, o[..., :k]), t_full.gather(-1, o[..., k:]).logsumexp(-1)
+    return o[..., :k], t_full.gather(-1, o[..., :k]), (t_full / tau).gather(-1, o[..., k:]).logsumexp(-1)
 
 def brute_buckets(full_lp, ids):
     "Bucket a full-vocab distribution with python loops, float64: [p[ids]..., 1 - sum]."
@@ -20,13 +20,8 @@ def brute_buckets(full_lp, ids):
     return top + [rest]
 
 def brute_teacher(t_lp_full, ids, tau):
-    "Teacher buckets at tau by building the uniform-tail full teacher explicitly and tempering it."
-    V, k = len(t_lp_full), len(ids)
-    p = t_lp_full.double().exp()
-    tail = 1 - p[ids].sum()
-    u = torch.full((V,), (tail / (V - k)).item(), dtype=torch.float64)
-    u[ids] = p[ids]
-    return brute_buckets((u.log() / tau).log_softmax(-1), ids)
+    "Teacher buckets at tau by tempering the full teacher explicitly (the exact tempered tail)."
+    return brute_buckets((t_lp_full.double() / tau).log_softmax(-1), ids)
 
 def kl(p, q): return sum(a * (math.log(a) - math.log(b)) for a, b in zip(p, q) if a > 0)
 
@@ -52,7 +47,7 @@ def setup():
 def test_buckets_vs_brute(setup, tau):
     V, k, t_full, logits = setup
     ids, lp, tail = cache_of(t_full, k)
-    sb, tb = student_buckets(logits, ids, tau), teacher_buckets(lp, tail, tau, V)
+    sb, tb = student_buckets(logits, ids, tau), teacher_buckets(lp, tempered_tail(t_full, ids, tau) if tau != 1 else tail, tau)
     for n in range(3):
         want_s = brute_buckets((logits[n].double() / tau).log_softmax(-1), ids[n])
         assert torch.allclose(sb[n].exp().double(), torch.tensor(want_s, dtype=torch.float64), atol=1e-6)
@@ -63,7 +58,7 @@ def test_buckets_vs_brute(setup, tau):
 @pytest.mark.parametrize('tau', [1., 2.])
 def test_objectives_vs_brute(setup, obj, tau):
     V, k, t_full, logits = setup
-    ids, lp, tail = cache_of(t_full, k)
+    ids, lp, tail = cache_of(t_full, k, tau)
     y = torch.zeros(3, dtype=torch.long)
     d = distill_loss(logits, y, ids, lp, tail, objective=obj, tau=tau, beta=.3, skew=.2)
     for n in range(3):
@@ -75,7 +70,7 @@ def test_objectives_vs_brute(setup, obj, tau):
 def test_full_vocab_when_k_is_v_minus_1(setup, tau):
     "With k = V-1 the bucketed forward KL is the full-vocabulary KL of the tempered distributions."
     V, k, t_full, logits = setup
-    d = distill_loss(logits, torch.zeros(3, dtype=torch.long), *cache_of(t_full, V - 1), tau=tau)
+    d = distill_loss(logits, torch.zeros(3, dtype=torch.long), *cache_of(t_full, V - 1, tau), tau=tau)
     pt, ps = (t_full.double() / tau).log_softmax(-1), (logits.double() / tau).log_softmax(-1)
     full = (pt.exp() * (pt - ps)).sum(-1) * tau**2
     assert torch.allclose(d['kd'].double(), full, atol=1e-5)
@@ -160,12 +155,19 @@ def test_tau_scaling(setup):
     V, k, t_full, logits = setup
     ids, lp, tail = cache_of(t_full, k); y = torch.zeros(3, dtype=torch.long)
     for tau in (.5, 2., 4.):
-        want = tau**2 * forward_kl(teacher_buckets(lp, tail, tau, V), student_buckets(logits, ids, tau))
-        assert torch.allclose(distill_loss(logits, y, ids, lp, tail, tau=tau)['kd'], want)
-    # the teacher's tail vocabulary can differ from the student's
-    a = distill_loss(logits, y, ids, lp, tail, tau=2., vocab_size=V)['kd']
-    b = distill_loss(logits, y, ids, lp, tail, tau=2., vocab_size=10 * V)['kd']
-    assert not torch.allclose(a, b)
+        tt = tempered_tail(t_full, ids, tau)
+        want = tau**2 * forward_kl(teacher_buckets(lp, tt, tau), student_buckets(logits, ids, tau))
+        assert torch.allclose(distill_loss(logits, y, ids, lp, tt, tau=tau)['kd'], want)
+
+def test_tempered_tail_is_exact_and_smaller_than_uniform(setup):
+    "At tau > 1 the exact tempered tail mass is below the uniform-spread one the old code assumed."
+    V, k, t_full, logits = setup
+    ids, lp, tail = cache_of(t_full, k)
+    tb = teacher_buckets(lp, tempered_tail(t_full, ids, 2.), 2.)
+    exact = (t_full / 2).log_softmax(-1).scatter(-1, ids, float('-inf')).logsumexp(-1)
+    assert torch.allclose(tb[..., -1], exact, atol=1e-6)
+    ln = math.log(V - k); uni = torch.cat([lp / 2, (ln + (tail - ln) / 2)[..., None]], -1).log_softmax(-1)[..., -1]
+    assert (exact <= uni + 1e-6).all() and (exact < uni - 1e-3).any()
 
 def test_alpha_at():
     assert alpha_at(3, 10, .4) == .4

@@ -45,7 +45,7 @@ def test_ncl_gradient_matches_the_formula():
     ens.zero_grad()
     logits = ens(x[0])                                                      # [K,B,T,V]
     sb = student_buckets(logits, ids, tau)                                  # [K,B,T,k+1]
-    tb = teacher_buckets(top, tail, tau, V)
+    tb = teacher_buckets(top, tail, tau)
     own = forward_kl(tb, sb) * tau**2                                       # [K,B,T]
     mix = forward_kl(tb, sb.exp().mean(0).log()) * tau**2                   # [B,T]
     mask = torch.ones(B, T); mask[:, -1] = 0
@@ -84,3 +84,24 @@ def test_every_run_records_its_compute(tmp_path, cache):
     assert bo['overhead_flops']['boost_scoring'] == forward_flops(bo['params_per_member'], N * T)   # K=2: one scoring pass of one member
     assert sy['overhead_flops']['synthetic_generation'] > 0 and sy['overhead_flops']['synthetic_cache'] == sy['synthetic_cache_flops'] > 0
     assert cb['overhead_flops']['router'] > 0
+
+def test_held_out_domain_is_test_only_and_routing_reads_only_the_prefix(tmp_path, cache):
+    "Nothing fitted sees the OOD domain; a block is routed on its first route_prefix tokens, which nobody is scored on."
+    from ens_distill.routing import route_features
+    cfg = smoke(tmp_path, cache, method='cbtm', routing='learned', holdout_domains=['dialog'])
+    prep = prepare_run(cfg, progress=False, verbose=False)
+    c = prep['corpus']
+    assert 'dialog' not in set(c.block_domains('dev')) | set(c.block_domains('train')) and 'dialog' in c.block_domains('test')
+    ctx = Context(cfg, prep['model'], prep['tokenizer'], c, prep['caches'], progress=False)
+    d, has = route_features(ctx, 'test')
+    P, toks = cfg.route_prefix, c.tokens('test')
+    class Shuffled:                                        # the same blocks with every token after the prefix changed
+        def __init__(self, c): self.c, self.router = c, c.router
+        def tokens(self, s): t = self.c.tokens(s).clone(); t[:, P:] = t[:, P:].flip(0); return t
+    d2, _ = route_features(replace(ctx, corpus=Shuffled(c)), 'test')
+    assert has.all() and torch.equal(d, d2)
+    m = run_method(cfg, progress=False, verbose=False)
+    ev = json.loads((tmp_path/'runs'/'cbtm-learned-K2-tiny-s0'/'eval.json').read_text())
+    n = len(toks) * (toks.shape[1] - 1 - P)
+    assert ev['meta']['skip'] == P and m['rule'] == 'weighted'
+    assert {r['overall']['n_tokens'] for r in list(ev['ensemble'].values()) + ev['members']} == {n}

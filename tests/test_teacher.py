@@ -67,7 +67,7 @@ def test_bytes_per_token(teacher, tmp_path):
     u8 = build(teacher, toks, tmp_path/'u8', k=32, dtype='u8', shard_blocks=8)
     f16 = build(teacher, toks, tmp_path/'f16', k=32, dtype='fp16', shard_blocks=8)
     # 99 and 130 B/token of payload plus one safetensors header per shard
-    assert 99 <= u8.bytes_per_token <= 100 and 130 <= f16.bytes_per_token <= 132
+    assert 105 <= u8.bytes_per_token <= 106 and 136 <= f16.bytes_per_token <= 138   # + 2 B per cached tempered tail (3)
 
 def shard_bytes(d): return {p.name: p.read_bytes() for p in sorted(Path(d).glob('shard_*.safetensors'))}
 
@@ -201,3 +201,18 @@ def test_prepare_cli_arguments():
     from ens_distill.pipeline import prepare
     a = anno_parser(prepare.__wrapped__).parse_args(['--preset', 'smoke', '--topk', '4', '--cache_dtype', 'fp16'])
     assert (a.preset, a.topk, a.cache_dtype, a.teacher) == ('smoke', 4, 'fp16', None)
+
+def test_cache_stores_exact_tempered_tails(teacher, tmp_path):
+    "get(idx, tau) returns log sum_{v not in top-k} exp(logp_v / tau) of the full teacher; an uncached tau is a clear error."
+    from ens_distill.losses import tempered_tail, teacher_buckets
+    m, tok = teacher
+    toks = torch.randint(0, len(tok), (3, 16), generator=torch.Generator().manual_seed(0))
+    c = TopKCache.build(m, toks, tmp_path/'c', k=8, dtype='fp16', teacher_dtype='fp32', taus=(2.,), progress=False)
+    with torch.no_grad(): full = m(input_ids=toks).logits.float().log_softmax(-1)
+    ids, lp, t2 = c.get([0, 1, 2], tau=2.)
+    assert torch.allclose(t2, tempered_tail(full, ids, 2.), atol=2e-3)            # fp16 storage
+    tb = teacher_buckets(lp, t2, 2.)
+    exact = (full / 2).log_softmax(-1).scatter(-1, ids, float('-inf')).logsumexp(-1)
+    assert torch.allclose(tb[..., -1], exact, atol=5e-3)
+    with pytest.raises(EnsDistillError, match=r'tau=3 is not in top-k cache .*cached: \[1.0, 2.0\]'): c.get([0], tau=3.)
+    with pytest.raises(EnsDistillError, match="no cached tempered tail"): get_config('smoke', tau=2.5)

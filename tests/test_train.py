@@ -54,9 +54,9 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
 class NaNCache:
     "A cache that turns bad after `n` reads."
     def __init__(self, c, n): self.c, self.n = c, n
-    def get(self, idx):
+    def get(self, idx, tau=1.):
         self.n -= 1
-        ids, lp, tl = self.c.get(idx)
+        ids, lp, tl = self.c.get(idx, tau)
         return (ids, lp * float('nan'), tl) if self.n < 0 else (ids, lp, tl)
 
 
