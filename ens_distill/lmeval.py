@@ -5,6 +5,7 @@
 # %% ../nbs/65_lmeval.ipynb #a9bfdbf1
 from __future__ import annotations
 import abc, bz2, csv, hashlib, json, os, random, sys, time
+import yaml
 from pathlib import Path
 import datasets
 import torch
@@ -24,7 +25,7 @@ from .runs import atomic_write, cache_path
 
 # %% auto #0
 __all__ = ['TASKS_DIR', 'MMLU_LITE', 'FEWSHOT_POOL', 'SUITE', 'GEN_TASKS', 'hellaswag_jsonl', 'mmlu_rows', 'local_splits',
-           'load_local', 'SubjectSampler', 'task_manager', 'local_task_names', 'member_paths', 'EnsembleLM',
+           'load_local', 'SubjectSampler', 'task_manager', 'local_task_names', 'member_paths', 'EnsembleLM', 'run_rule',
            'model_spec', 'evaluate_tasks', 'members_hash', 'run_tasks', 'main']
 
 # %% ../nbs/65_lmeval.ipynb #285bf078
@@ -160,6 +161,7 @@ class EnsembleLM(TemplateLM):
                  max_gen_toks:int=256, packed='auto', add_bos_token:bool=None, seed:int=0,
                  tokenizer=None, # tokenizer dir (default: the first member's)
                  models:list=None, # python use: member models or a PackedEnsemble instead of paths
+                 router=None, # a routed c-BTM run's router/ dir (or a `routing.Router`): each request weighted by its context
                  **kwargs):
         super().__init__()
         self._device = resolve_device(device) if device in (None, 'auto', 'cpu', 'cuda') else torch.device(device)
@@ -173,6 +175,11 @@ class EnsembleLM(TemplateLM):
         if self.tokenizer is None: raise EnsDistillError("no tokenizer: save one with the members or pass tokenizer=DIR")
         self.rule, self.K = combine, (self.ens.K if isinstance(self.ens, PackedEnsemble) else len(self.ens))
         self.weights = None if weights is None else torch.tensor([float(w) for w in str(weights).split('|')], device=self._device)
+        if router is not None and not hasattr(router, 'weights'):
+            from ens_distill.routing import Router
+            router = Router.load(router)
+        self.router = router
+        if router is not None: self.rule = 'weighted'                          # routed: the run's own rule
         self._config = self.ens.config if isinstance(self.ens, PackedEnsemble) else self.ens[0].config
         self._max_length, self._max_gen_toks, self.add_bos_token = max_length, int(max_gen_toks), add_bos_token
         self.batch_size_per_gpu = int(batch_size) if str(batch_size).isdigit() else 8
@@ -215,11 +222,18 @@ def apply_chat_template(self:EnsembleLM, chat_history:list, add_generation_promp
 
 # %% ../nbs/65_lmeval.ipynb #927c7d6a
 @patch
+def request_weights(self:EnsembleLM, texts:list)->torch.Tensor|None:
+    "Member weights [K,B] for the requests' context `texts` from the run's router (None without one)."
+    return None if self.router is None else self.router.weights(texts).to(self.device)
+
+@patch
 def combined_map(self:EnsembleLM, ids:torch.Tensor, # token ids [B,T]
-                 fn)->torch.Tensor: # (combined log-probs [n,V], slice of the B*T positions) -> tensor [n,...]
+                 fn, # (combined log-probs [n,V], slice of the B*T positions) -> tensor [n,...]
+                 weights:torch.Tensor|None=None)->torch.Tensor: # per-sequence member weights [K,B] (a routed run)
     "Concatenation over token chunks of `fn` applied to the ensemble's combined log-probs (no grad)."
     ids = ids.to(self.device)
-    comb = lambda lp, sl: fn(combine(lp, self.rule, self.weights), sl)
+    wt = None if weights is None else weights.repeat_interleave(ids.shape[1], 1)   # [K,B*T]: one weight per token
+    comb = lambda lp, sl: fn(combine(lp, self.rule, self.weights if wt is None else wt[:, sl]), sl)
     with torch.no_grad():
         if isinstance(self.ens, PackedEnsemble): return head_map(self.ens.hidden(ids), self.ens.head_weight, comb, dim=0)
         logits = [m(ids).logits.flatten(0, 1) for m in self.ens]                  # K x [N,V]
@@ -240,8 +254,10 @@ def _loglikelihood_tokens(self:EnsembleLM, requests:list, disable_tqdm:bool=Fals
         T = max(len(s) for s in seqs) - 1
         inp = torch.tensor([s[:-1] + [0] * (T - len(s) + 1) for s in seqs])                  # [B,T]
         tgt = torch.tensor([s[1:] + [0] * (T - len(s) + 1) for s in seqs]).flatten().to(self.device)  # [B*T]
+        ctxs = [requests[i][0][0] if requests[i][0] is not None else self.tok_decode(requests[i][1]) for i in idx]
         out = self.combined_map(inp, lambda lp, sl: torch.stack([lp.gather(-1, tgt[sl, None])[:, 0],
-                                                                 (lp.argmax(-1) == tgt[sl]).float()], -1))
+                                                                 (lp.argmax(-1) == tgt[sl]).float()], -1),
+                                self.request_weights(ctxs))               # routed on each request's context
         out = out.view(len(idx), T, 2).cpu()
         for j, (i, s) in enumerate(zip(idx, seqs)):
             c = len(requests[i][2]); o = out[j, len(s) - 1 - c:len(s) - 1]           # the continuation's positions
@@ -266,7 +282,8 @@ def loglikelihood_rolling(self:EnsembleLM, requests:list, disable_tqdm:bool=Fals
 
 # %% ../nbs/65_lmeval.ipynb #60d7d6c9
 @patch
-def next_logp(self:EnsembleLM, seqs:list)->torch.Tensor:
+def next_logp(self:EnsembleLM, seqs:list, # token lists
+              weights:torch.Tensor|None=None)->torch.Tensor: # per-sequence member weights [K,B] (a routed run)
     "The combined next-token log-probs [B,V] after each token list in `seqs`."
     L = max(len(s) for s in seqs)
     ids = torch.tensor([s + [0] * (L - len(s)) for s in seqs], device=self.device)      # [B,L]
@@ -277,15 +294,14 @@ def next_logp(self:EnsembleLM, seqs:list)->torch.Tensor:
             h = self.ens.hidden(ids)[:, torch.arange(B), last]                            # [K,B,d]
             lp = torch.einsum('kbd,kvd->kbv', h, self.ens.head_weight.to(h.dtype)).float().log_softmax(-1)
         else: lp = torch.stack([m(ids).logits[torch.arange(B), last].float().log_softmax(-1) for m in self.ens])
-    w = None if self.weights is None else self.weights
-    return combine(lp, self.rule, w)                                                      # [B,V]
+    return combine(lp, self.rule, self.weights if weights is None else weights)          # [B,V]
 
 # %% ../nbs/65_lmeval.ipynb #cfb2eeb6
-def _seq_logp(lm, seq:list):
+def _seq_logp(lm, seq:list, weights=None):
     "A `packed.decode` step for unpacked members: the whole sequence so far (no KV cache), last `max_length` tokens."
     def f(x):
         seq.extend(x[0].tolist())
-        return lm.next_logp([seq[-lm.max_length:]])
+        return lm.next_logp([seq[-lm.max_length:]], weights)
     return f
 
 @patch
@@ -297,7 +313,9 @@ def _generate(self:EnsembleLM, contexts:list, until:list, max_gen_toks:int, do_s
     for ctx in contexts:
         ids = torch.tensor([list(ctx)[-self.max_length:]], device=self.device)                # [1,L]
         L = ids.shape[1]
-        step = member_logp_fn(self.ens, self.rule, self.weights) if isinstance(self.ens, PackedEnsemble) else _seq_logp(self, [])
+        w = self.request_weights([self.tok_decode(list(ctx))])                # [K,1]: routed on the context
+        w = self.weights if w is None else w
+        step = member_logp_fn(self.ens, self.rule, w) if isinstance(self.ens, PackedEnsemble) else _seq_logp(self, [], w)
         stop = lambda s: any(u and u in self.tok_decode(s[0, L:].tolist()) for u in until)
         out = decode(step, ids, max_gen_toks, T, eot, g, stop=stop)[0, L:].tolist()
         outs.append(out[:-1] if out and out[-1] == eot else out)                           # the end-of-text token is not text
@@ -330,12 +348,23 @@ EnsembleLM.__abstractmethods__ = frozenset(n for n in EnsembleLM.__abstractmetho
 def _hf_args(path, dtype:str='float32')->str:
     return f"pretrained={Path(path).expanduser().resolve()},dtype={dtype}"
 
+def run_rule(run)->tuple:
+    "(rule, router dir or None) that scores a run the way it was evaluated: its router's weights, else its `combine`."
+    p = Path(run)
+    if (p/'router'/'route.json').exists(): return 'weighted', p/'router'
+    cfg = yaml.safe_load((p/'config.yaml').read_text()) if (p/'config.yaml').exists() else {}
+    r = (cfg or {}).get('combine', 'mean')
+    return (r if r in ('mean', 'product') else 'mean'), None
+
 def model_spec(system, # a run dir (members/), an HF checkpoint dir, or a teacher name ('smollm2-135m-instruct', 'tiny-random')
-               combine:str='mean', dtype:str='float32')->tuple:
+               combine:str|None=None, # a run's rule (None: `run_rule`, the one its evaluation used)
+               dtype:str='float32')->tuple:
     "The lm-eval (model, model_args) that scores `system`: `ens_distill` for a run dir, `hf` for one checkpoint or a teacher."
     from ens_distill import teacher as T
     p = Path(str(system)).expanduser()
-    if (p/'members').is_dir(): return 'ens_distill', f"run={p.resolve()},combine={combine},dtype={dtype}"
+    if (p/'members').is_dir():
+        rule, router = run_rule(p) if combine is None else (combine, p/'router' if combine == 'weighted' else None)
+        return 'ens_distill', f"run={p.resolve()},combine={rule},dtype={dtype}" + (f",router={router.resolve()}" if router else '')
     if (p/'config.json').exists(): return 'hf', _hf_args(p, dtype)
     if str(system) in getattr(T, 'TEACHERS', ()):
         d = T.teacher_dir(str(system))
@@ -397,18 +426,22 @@ def _task_row(r:dict)->dict:
     return dict(r, acc=r[k], acc_stderr=r.get(k.replace('exact_match', 'exact_match_stderr'))) if k else r
 
 # %% ../nbs/65_lmeval.ipynb #bffb3e01
+def _files_hash(d, pattern:str='*')->str:
+    "A digest of the files `pattern` in folder `d`."
+    h = hashlib.sha256()
+    for f in sorted(Path(d).glob(pattern)): h.update(f.name.encode()); h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
 def members_hash(run)->str:
     "A digest of a run's member weights: runs with identical members (c-BTM routing variants) share it."
-    h = hashlib.sha256()
-    for d in member_paths(run):
-        for f in sorted(d.glob('*.safetensors')): h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return fingerprint([_files_hash(d, '*.safetensors') for d in member_paths(run)])
 
 def run_tasks(run, # a finished run directory (members/ and metrics.json)
               tasks=None, # task names (default: `SUITE`)
               limit:int=40, # items per task: one fixed-seed random subset, the same for every run
               gen_limit:int=10, # first items of generation tasks (GSM8K)
-              seed:int=1234, combine:str='mean', dtype:str='bfloat16', batch_size:int=16,
+              seed:int=1234, dtype:str='bfloat16', batch_size:int=16,
+              combine:str|None=None, # the rule (None: the run's own, `run_rule`: routed c-BTM runs score with their router)
               overwrite:bool=False, # score again tasks the run already has in tasks.json
               data_dir=None, # the offline eval sets (default: `resolve_data_dir()`)
               cache_dir=None)->dict: # scores of identical members are reused from `cache_dir/lmeval/scores`
@@ -418,16 +451,19 @@ def run_tasks(run, # a finished run directory (members/ and metrics.json)
     old = json.loads(out.read_text()) if out.exists() and not overwrite else dict(tasks={}, meta={})
     todo = [t for t in (tasks or SUITE) if t not in old['tasks']]
     if not todo: return old
-    cf = cache_path(cache_dir, 'lmeval', 'scores', f'{members_hash(p)}-{combine}-{dtype}-{seed}-{limit}-{gen_limit}.json')
+    rule, router = run_rule(p) if combine is None else (combine, p/'router' if combine == 'weighted' else None)
+    system = members_hash(p) + (f'-r{_files_hash(router)}' if router else '')      # the members and, routed, the router
+    cf = cache_path(cache_dir, 'lmeval', 'scores', f'{system}-{rule}-{dtype}-{seed}-{limit}-{gen_limit}.json')
     known = {} if overwrite or not cf.exists() else json.loads(cf.read_text())
     res = dict(old['tasks'], **{t: known[t] for t in todo if t in known}); todo = [t for t in todo if t not in known]
     mc, gen = [t for t in todo if t not in GEN_TASKS], [t for t in todo if t in GEN_TASKS]
-    model, margs = model_spec(p, combine=combine, dtype=dtype); t0 = time.time()
+    model, margs = model_spec(p, combine=rule, dtype=dtype); t0 = time.time()
     kw = dict(model_args=margs, seed=seed, batch_size=batch_size, data_dir=data_dir)
     if mc: res.update(evaluate_tasks(model, mc, limit=limit, sample='random', **kw))
     for t in gen: res.update(evaluate_tasks(model, [t], limit=gen_limit, num_fewshot=GEN_TASKS[t], **kw))
     res = {t: _task_row(r) for t, r in res.items()}
-    meta = dict(limit=limit, gen_limit=gen_limit, seed=seed, combine=combine, dtype=dtype, seconds=old['meta'].get('seconds', 0) + time.time() - t0)
+    meta = dict(limit=limit, gen_limit=gen_limit, seed=seed, combine=rule, routed=router is not None, dtype=dtype,
+                seconds=old['meta'].get('seconds', 0) + time.time() - t0)
     atomic_write(cf, {**known, **{t: res[t] for t in todo}})
     atomic_write(out, dict(tasks=res, meta=meta))
     m = json.loads(mpath.read_text()); m.update(tasks=res, tasks_meta=meta); atomic_write(mpath, m)

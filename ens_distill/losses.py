@@ -209,7 +209,7 @@ def fkl_ce_grad(logits:Tensor, # student logits [..., V] (any float dtype)
                 work:Tensor|None=None, # tau=1: fp32 scratch of the logits' shape (None: allocated)
                )->tuple: # (sum of weighted loss, grad [..., V], {'kd','ce'} per-token)
     "Weighted sum of `alpha*tau^2*KL(teacher||student) + (1-alpha)*CE` and its gradient w.r.t. the logits."
-    mask, V = targets != ignore_index, logits.shape[-1]
+    mask = targets != ignore_index
     w = torch.where(mask, weight.float(), 0.)[..., None]                    # [..., 1]
     y, ids = targets.clamp(min=0).long()[..., None], t_ids.long()
     tb = teacher_buckets(t_logp, t_tail, tau)                             # [..., k+1]

@@ -16,7 +16,7 @@ from .parallel import (Comm, init_dist, member_split, shard_members, join_member
                                   comm_bytes_per_token, merge_rows, staged)
 from .methods import Context, get_method, method_names
 from .compute import add_overhead, count_params, inference_flops_per_token
-from .routing import router_weights, router_flops
+from .routing import fit_routing, prefix_texts, router_flops
 from .packed import PackedEnsemble
 from .eval import evaluate, kl_capture
 
@@ -62,10 +62,11 @@ def prepare(preset:str='demo', # config preset: smoke, demo or study
     prepare_run(validate(replace(cfg, **over)))
 
 # %% ../nbs/68_pipeline.ipynb #aa7542fb
-def evaluate_run(ctx:Context, ens:PackedEnsemble)->dict:
+def evaluate_run(ctx:Context, ens:PackedEnsemble, router=None)->dict:
     "Evaluate `ens` on the test split (every rule, every member, per domain, KL to teacher, calibration)."
     c, dev = ctx.cfg, resolve_device(ctx.cfg.device)
-    w = router_weights(ctx, ens.to(dev).eval(), 'test')
+    ens.to(dev).eval()
+    w = None if router is None else router.weights(prefix_texts(ctx, 'test'))   # each block routed on its own prefix
     res = evaluate(ens, ctx.corpus.tokens('test'), ctx.corpus.block_domains('test'), cache=ctx.caches['test'],
                    tokenizer=ctx.tokenizer, rules=('mean', 'product'), router_weights=w, batch_size=c.eval_batch,
                    holdout_domains=c.holdout_domains, amp=autocast_dtype(c.dtype, dev), skip=c.route_prefix)
@@ -120,7 +121,9 @@ def _gather(ctx:Context, ens, summary:dict, rounds:bool, phases:dict)->tuple|Non
 # %% ../nbs/68_pipeline.ipynb #a7a1b2c9
 def _record(ctx:Context, run:RunDir, ens, summary:dict, prep:dict, phases:dict, t0:float, par:dict|None)->dict:
     "Evaluate, save the members and eval.json, and write the metrics record (rank 0)."
-    t = time.time(); res = evaluate_run(ctx, ens); phases['eval'] = time.time() - t
+    t = time.time(); router = fit_routing(ctx, ens.to(resolve_device(ctx.cfg.device)).eval())
+    res = evaluate_run(ctx, ens, router); phases['eval'] = time.time() - t
+    if router is not None: router.save(run.path/'router')   # the lm-eval model routes task requests with it
     summary = add_overhead(summary, router=router_flops(ctx, ens))
     release_memory()
     t = time.time(); ens.save_members(run.path/'members', ctx.tokenizer); phases['save'] = time.time() - t

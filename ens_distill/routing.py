@@ -4,21 +4,26 @@
 
 # %% ../nbs/52_routing.ipynb #f1a1b2c4
 from __future__ import annotations
+import json
+from pathlib import Path
 import torch
+from fastcore.basics import patch
 from .core import *
 from .packed import PackedEnsemble, head_map
 from .losses import student_buckets, teacher_buckets, forward_kl
 from .compute import count_params, forward_flops
+from .runs import atomic_write
+from .data import TfidfRouter
 from .methods import Context
 
 # %% auto #0
-__all__ = ['route_features', 'tfidf_weights', 'member_buckets', 'fit_router', 'learned_weights', 'router_weights', 'router_flops']
+__all__ = ['route_features', 'tfidf_weights', 'member_buckets', 'fit_router', 'learned_weights', 'Router', 'fit_routing',
+           'prefix_texts', 'router_flops']
 
 # %% ../nbs/52_routing.ipynb #30988717
 def route_features(ctx:Context, split:str)->tuple:
     "Squared tf-idf distances [N,C] of each block's prefix to the centres, and which blocks have a prefix [N]."
-    P, tokens = ctx.cfg.route_prefix, ctx.corpus.tokens(split)
-    texts = [ctx.tokenizer.decode(row[:P]) for row in tokens] if P else [''] * len(tokens)
+    texts = prefix_texts(ctx, split)
     has = torch.tensor([bool(t.strip()) for t in texts], dtype=torch.bool)   # an empty prefix: uniform weights
     return torch.as_tensor(ctx.corpus.router.distances(texts), dtype=torch.float32), has
 
@@ -63,15 +68,55 @@ def learned_weights(lin, d, has)->torch.Tensor:
     return lin(torch.where(has[:, None], -d, torch.zeros_like(d))).softmax(-1).T.contiguous()
 
 # %% ../nbs/52_routing.ipynb #24d961d6
-def router_weights(ctx:Context, ens:PackedEnsemble, split:str='test')->torch.Tensor|None:
-    "Per-block member weights [K,N] on `split` for `cfg.routing` (None for uniform averaging)."
+class Router:
+    "Per-text member weights of a routed c-BTM run: softmax(-d / temp) of tf-idf distances, or a fitted linear map of them."
+    def __init__(self, tfidf, # `data.TfidfRouter` with the cluster centres
+                 temp:float, # tf-idf routing temperature (`cfg.route_temp`)
+                 lin:torch.nn.Linear|None=None): # the learned router (None: tf-idf routing)
+        self.tfidf, self.temp, self.lin = tfidf, float(temp), lin
+
+    def weights(self, texts:list)->torch.Tensor:
+        "Member weights [K,N] for `texts` (uniform for an empty text)."
+        d = torch.as_tensor(self.tfidf.distances(list(texts)), dtype=torch.float32)      # [N,C]
+        has = torch.tensor([bool(str(t).strip()) for t in texts], dtype=torch.bool)
+        return tfidf_weights(d, has, self.temp) if self.lin is None else learned_weights(self.lin, d, has)
+
+# %% ../nbs/52_routing.ipynb #24d961d7
+@patch
+def save(self:Router, path):
+    "Write the router to `path/` (tf-idf files, route.json, learned.safetensors for a learned router)."
+    from safetensors.torch import save_file
+    path = Path(path); self.tfidf.save(path)
+    atomic_write(path/'route.json', dict(temp=self.temp, learned=self.lin is not None))
+    if self.lin is not None: save_file({k: v.detach().contiguous() for k, v in self.lin.state_dict().items()}, str(path/'learned.safetensors'))
+    return path
+
+@patch(cls_method=True)
+def load(cls:Router, path)->Router:
+    "The router saved in `path/` by `Router.save`."
+    from safetensors.torch import load_file
+    path = Path(path)
+    if not (path/'route.json').exists(): raise EnsDistillError(f"no router in {path} (route.json missing); rerun the routed c-BTM run")
+    meta, lin = json.loads((path/'route.json').read_text()), None
+    if meta['learned']:
+        sd = load_file(str(path/'learned.safetensors'))
+        lin = torch.nn.Linear(sd['weight'].shape[1], sd['weight'].shape[0]).requires_grad_(False); lin.load_state_dict(sd)
+    return cls(TfidfRouter.load(path), meta['temp'], lin)
+
+# %% ../nbs/52_routing.ipynb #24d961d8
+def fit_routing(ctx:Context, ens:PackedEnsemble)->Router|None:
+    "The run's router for `cfg.routing` (None for uniform averaging): the learned one is fitted on dev here."
     c = ctx.cfg
     if c.routing == 'uniform' or c.method != 'cbtm': return None
-    d, has = route_features(ctx, split)
-    if c.routing == 'tfidf': return tfidf_weights(d, has, c.route_temp)
+    if c.routing == 'tfidf': return Router(ctx.corpus.router, c.route_temp)
     dd, hd = route_features(ctx, 'dev')
     q, p = member_buckets(ens, ctx.corpus.tokens('dev'), ctx.caches['dev'], skip=c.route_prefix)
-    return learned_weights(fit_router(dd, hd, q, p, seed=c.seed), d, has)
+    return Router(ctx.corpus.router, c.route_temp, fit_router(dd, hd, q, p, seed=c.seed))
+
+def prefix_texts(ctx:Context, split:str)->list:
+    "The text of every block's routing prefix (its first `cfg.route_prefix` tokens) on `split`."
+    P = ctx.cfg.route_prefix
+    return [ctx.tokenizer.decode(row[:P]) if P else '' for row in ctx.corpus.tokens(split)]
 
 def router_flops(ctx:Context, ens:PackedEnsemble)->float:
     "FLOPs of fitting `cfg.routing`: the learned router's pass of every member over the dev split (0 otherwise)."

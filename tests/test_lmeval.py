@@ -180,3 +180,22 @@ def test_teacher_hellaswag_sanity():
     # The first 200 are all ActivityNet captions, easier than the WikiHow items that follow, and a 200-item accuracy
     # has a standard error of ~0.035, so "within a few points" of 0.36 / 0.40 is checked at ~2.3 standard errors.
     assert abs(r['acc'] - 0.36) < 0.08 and abs(r['acc_norm'] - 0.40) < 0.08, r
+
+def test_routed_cbtm_scores_tasks_with_its_own_router(tmp_path):
+    "A routed c-BTM run saves its router; tasks are scored with it (weighted by each request's context), not copied from mean."
+    from ens_distill.core import get_config
+    from ens_distill.pipeline import run_method
+    cfg = get_config('smoke', method='cbtm', routing='tfidf', dtype='fp32', out_dir=str(tmp_path/'runs'), cache_dir=str(tmp_path/'cache'))
+    run_method(cfg, progress=False, verbose=False)
+    run = tmp_path/'runs'/'cbtm-tfidf-K2-tiny-s0'
+    assert (run/'router'/'route.json').exists() and run_rule(run) == ('weighted', run/'router')
+    assert model_spec(run)[1].endswith(f"router={(run/'router').resolve()}")
+    routed, mean = EnsembleLM(run=str(run), router=str(run/'router'), device='cpu'), EnsembleLM(run=str(run), combine='mean', device='cpu')
+    reqs = [(('Once upon a time the king', ' said'), routed.tok_encode('Once upon a time the king'), routed.tok_encode(' said')),
+            (('def add(a, b):', ' return'), routed.tok_encode('def add(a, b):'), routed.tok_encode(' return'))]
+    w = routed.request_weights([r[0][0] for r in reqs])
+    assert w.shape == (2, 2) and torch.allclose(w.sum(0), torch.ones(2)) and not torch.allclose(w, torch.full_like(w, .5))
+    a, b = routed._loglikelihood_tokens(reqs), mean._loglikelihood_tokens(reqs)
+    assert all(x[0] != y[0] for x, y in zip(a, b))
+    r = run_tasks(run, ['ed_arc_easy'], limit=4, cache_dir=str(tmp_path/'cache'), dtype='float32')
+    assert r['meta']['combine'] == 'weighted' and r['meta']['routed'] and r['meta']['seconds'] > 0
