@@ -44,6 +44,7 @@ CHOICES = dict(
     dtype=['auto', 'fp32', 'bf16'],
     device=['auto', 'cpu', 'cuda'],
     combine=list(COMBINE_RULES),
+    prune_layers=['even', 'importance', 'offset'],
     routing=['uniform', 'tfidf', 'learned'],
     boost_mode=['topq', 'weighted'],
 )
@@ -52,7 +53,7 @@ RANGES = dict(  # name: (low, high) inclusive
     K=(1, 1024), topk=(1, 1<<20), block_size=(4, 1<<16), n_clusters=(1, 4096), batch_size=(1, 1<<16), eval_batch_size=(0, 1<<16),
     grad_accum=(1, 1<<16), alpha=(0., 1.), tau=(1e-3, 100.), jsd_beta=(0., 1.), skew=(0., 1.),
     ncl_lambda=(0., 1.), boost_q=(1e-4, 1.), bag_frac=(1e-3, 10.), cluster_in_frac=(0., 1.),
-    synthetic_frac=(0., 1.), gen_temperature=(0., 10.), gen_top_p=(1e-3, 1.), gen_seed=(-1, 2**32-1), route_temp=(1e-4, 1e4), route_prefix=(0, 1<<16), teacher_ft_lr=(0., 1.), lr=(0., 10.), min_lr_frac=(0., 1.), warmup_frac=(0., 1.),
+    synthetic_frac=(0., 1.), gen_temperature=(0., 10.), gen_top_p=(1e-3, 1.), gen_seed=(-1, 2**32-1), route_temp=(1e-4, 1e4), route_prefix=(0, 1<<16), calib_blocks=(1, 1<<20), teacher_ft_lr=(0., 1.), lr=(0., 10.), min_lr_frac=(0., 1.), warmup_frac=(0., 1.),
     weight_decay=(0., 10.), grad_clip=(0., 1e6), dev_frac=(0., .5), test_frac=(0., .5),
     tokens_per_member=(0, 1<<50), max_tokens_per_domain=(0, 1<<50), eval_tokens_per_domain=(0, 1<<50),
     eval_limit=(0, 1<<30), ckpt_every=(0, 1<<40), log_every=(1, 1<<40), seed=(0, 2**32-1),
@@ -83,7 +84,9 @@ class RunConfig:
     # students
     size:str = 'xs' # member size preset (see `STUDENT_SIZES`)
     K:int = 4 # members in the ensemble
-    init_from_teacher:bool = True # initialise member embeddings from the teacher's (projected)
+    init_from_teacher:bool = True # initialise member embeddings from the teacher's (projected; random-init sizes)
+    prune_layers:str = 'even' # pruned sizes p<L>: which L teacher layers ('even', 'importance', 'offset')
+    calib_blocks:int = 32 # training blocks whose hidden states rank the layers for prune_layers='importance'
     combine:str = 'mean' # how member distributions combine at evaluation
     # method and objective
     method:str = 'independent' # ensemble formation method
@@ -165,6 +168,9 @@ def validate(cfg:RunConfig)->RunConfig:
     if not cfg.seeds: raise ConfigError("config key 'seeds': give at least one seed")
     if any(not isinstance(x, int) or isinstance(x, bool) for x in cfg.seeds):
         raise ConfigError(f"config key 'seeds': seeds must be integers, got {cfg.seeds}")
+    from ens_distill.packed import STUDENT_SIZES
+    if cfg.size not in STUDENT_SIZES and not (cfg.size[:1] == 'p' and cfg.size[1:].isdigit() and int(cfg.size[1:]) > 0):
+        raise ConfigError(f"config key 'size': {cfg.size!r} is not one of {list(STUDENT_SIZES)} or a pruned size p<L> (L teacher layers)")
     if cfg.method == 'cbtm': cfg.n_clusters = cfg.K  # c-BTM: one member per data cluster
     if any(isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0 for t in cfg.cache_taus):
         raise ConfigError(f"config key 'cache_taus': temperatures must be positive numbers, got {cfg.cache_taus}")

@@ -15,6 +15,7 @@ from .losses import student_buckets, ensemble_kl
 from .train import Plan, train, n_steps
 from .parallel import Comm, member_split, shard_members, shard_plan, ncl_mean_fn
 from .synthetic import ConcatCache, synthetic_data
+from .prune import prune_depth, pruned_members
 
 # %% auto #0
 __all__ = ['METHODS', 'Context', 'build_members', 'fit_plan', 'Method', 'register', 'get_method', 'method_names', 'independent',
@@ -43,10 +44,15 @@ class Context:
 
 # %% ../nbs/50_methods.ipynb #869fba73
 def build_members(ctx:Context, K:int, seed:int, size:str|None=None)->PackedEnsemble:
-    "K freshly initialised members of `size` (default `cfg.size`) for the teacher's vocabulary."
+    "K members of `size` (default `cfg.size`): cut from the teacher (`p<L>`), or freshly initialised for its vocabulary."
+    size = size or ctx.cfg.size
+    if prune_depth(size) is not None:
+        c = ctx.cfg
+        members, _ = pruned_members(ctx.teacher, size, K, c.prune_layers, ctx.tokens[:c.calib_blocks], c.eval_batch)
+        return PackedEnsemble.from_members([m.float() for m in members]).cpu()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        ens = PackedEnsemble(student_config(size or ctx.cfg.size, ctx.vocab_size), K)
+        ens = PackedEnsemble(student_config(size, ctx.vocab_size), K)
     if ctx.cfg.init_from_teacher: init_from_teacher(ens, ctx.teacher.get_input_embeddings().weight, seed=seed)
     return ens
 

@@ -105,3 +105,18 @@ def test_held_out_domain_is_test_only_and_routing_reads_only_the_prefix(tmp_path
     n = len(toks) * (toks.shape[1] - 1 - P)
     assert ev['meta']['skip'] == P and m['rule'] == 'weighted'
     assert {r['overall']['n_tokens'] for r in list(ev['ensemble'].values()) + ev['members']} == {n}
+
+def test_members_pruned_from_the_teacher(tmp_path, cache):
+    "p<L> members are the teacher cut to L layers: untrained p<all> equals the teacher; offset members differ; saved members load alone."
+    from transformers import AutoModelForCausalLM
+    raw = run_method(smoke(tmp_path, cache, method='raw', size='p2', K=1), progress=False, verbose=False)
+    teacher = run_method(smoke(tmp_path, cache, method='teacher'), progress=False, verbose=False)
+    assert abs(raw['test_ppl'] - teacher['test_ppl']) <= 1e-4 * teacher['test_ppl']
+    m = run_method(smoke(tmp_path, cache, method='independent', size='p1', prune_layers='offset'), progress=False, verbose=False)
+    run = tmp_path/'runs'/'independent-K2-p1-s0'
+    a, b = (AutoModelForCausalLM.from_pretrained(run/'members'/f'member_{k}') for k in (0, 1))
+    assert a.config.num_hidden_layers == 1 and math.isfinite(m['test_ppl'])
+    imp = run_method(smoke(tmp_path, cache, method='single', size='p1', prune_layers='importance'), progress=False, verbose=False)
+    assert math.isfinite(imp['test_ppl'])
+    with pytest.raises(Exception, match="config key 'size'"): get_config('smoke', size='xxl')
+    with pytest.raises(Exception, match='p1..p2'): run_method(smoke(tmp_path, cache, method='raw', size='p3'), progress=False, verbose=False)
