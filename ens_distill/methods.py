@@ -4,7 +4,9 @@
 
 # %% ../nbs/50_methods.ipynb #0f919706
 from __future__ import annotations
+import math, time
 from dataclasses import dataclass, field, replace
+import numpy as np
 import torch
 from .core import *
 from .compute import count_params, forward_flops, add_overhead
@@ -20,7 +22,7 @@ from .prune import prune_depth, pruned_members
 # %% auto #0
 __all__ = ['METHODS', 'Context', 'build_members', 'fit_plan', 'Method', 'register', 'get_method', 'method_names', 'independent',
            'bagging', 'ncl', 'single', 'single_matched', 'raw', 'pack_teacher', 'frozen_teacher', 'teacher_ft', 'cbtm',
-           'block_scores', 'stack_members', 'boost_plan', 'boosting', 'synthetic']
+           'block_scores', 'stack_members', 'boost_plan', 'boosting', 'synthetic', 'CountLM', 'unigram', 'bigram']
 
 # %% ../nbs/50_methods.ipynb #20c7a0a6
 @dataclass
@@ -250,3 +252,50 @@ def synthetic(ctx:Context):
     gen = forward_flops(count_params(ctx.teacher), syn.numel())              # the teacher's generations (KV cache)
     s = add_overhead(s, synthetic_generation=gen, synthetic_cache=syn_cache.manifest.get('flops', 0.))
     return ens, {**s, 'synthetic_blocks': len(syn), 'synthetic_cache_flops': syn_cache.manifest.get('flops', 0.)}
+
+# %% ../nbs/50_methods.ipynb #3ac94831
+class CountLM:
+    "Unigram (add-one) and interpolated absolute-discounting bigram log-probs from counts of training tokens."
+    def __init__(self, tokens:torch.Tensor, V:int, D:float=.75): # training blocks [N,T], vocabulary size, discount
+        a = tokens.reshape(-1).numpy().astype(np.int64)
+        self.V, self.D = V, D
+        self.uni = np.log((np.bincount(a, minlength=V) + 1.) / (len(a) + V))            # [V]
+        self.keys, self.cnt = np.unique(a[:-1] * V + a[1:], return_counts=True)       # bigram types, counts
+        self.ctx = np.bincount(a[:-1], minlength=V).astype(float)                     # c(v)
+        self.types = np.bincount(self.keys // V, minlength=V).astype(float)           # N1+(v): distinct followers
+
+    def logp(self, prev:np.ndarray, nxt:np.ndarray, order:int=2)->np.ndarray:
+        "log P(nxt | prev) under the bigram (order 2) or log P(nxt) under the unigram (order 1)."
+        if order == 1: return self.uni[nxt]
+        i = np.clip(np.searchsorted(self.keys, prev * self.V + nxt), 0, len(self.keys) - 1)
+        c = np.where(self.keys[i] == prev * self.V + nxt, self.cnt[i], 0)
+        cv, n1 = self.ctx[prev], self.types[prev]
+        p = np.where(cv > 0, np.maximum(c - self.D, 0) / np.maximum(cv, 1) + self.D * n1 / np.maximum(cv, 1) * np.exp(self.uni[nxt]),
+                     np.exp(self.uni[nxt]))
+        return np.log(p)
+
+# %% ../nbs/50_methods.ipynb #3ac94833
+def _floor(ctx:Context, order:int):
+    "Score a count model on the test split like every entry (positions after the routing prefix): (None, summary)."
+    c, t0 = ctx.cfg, time.time()
+    lm, toks, doms = CountLM(ctx.tokens, ctx.vocab_size), ctx.corpus.tokens('test').numpy(), ctx.corpus.block_domains('test')
+    P = c.route_prefix
+    nll = -lm.logp(toks[:, P:-1].reshape(-1), toks[:, P+1:].reshape(-1), order).reshape(len(toks), -1)   # [N,T-1-P]
+    ce = lambda m: float(nll[m].mean())
+    dom = np.array(doms); held = np.isin(dom, c.holdout_domains)
+    hl = dict(rule='count', test_ce=ce(slice(None)), test_ppl=math.exp(ce(slice(None))),
+              ppl_by_domain={d: math.exp(ce(dom == d)) for d in dict.fromkeys(doms)})
+    if held.any() and (~held).any(): hl.update(ood_ppl=math.exp(ce(held)), in_domain_ppl=math.exp(ce(~held)))
+    n_par = len(lm.keys) if order == 2 else ctx.vocab_size
+    return None, dict(headline=hl, steps=0, K=1, tokens_per_member=int(ctx.tokens.numel()), params_per_member=n_par,
+                      train_flops=0., train_seconds=time.time() - t0)
+
+@register('unigram', ensemble=False)
+def unigram(ctx:Context):
+    "The add-one unigram of the training tokens (a floor)."
+    return _floor(ctx, 1)
+
+@register('bigram', ensemble=False)
+def bigram(ctx:Context):
+    "The interpolated absolute-discounting bigram of the training tokens (a floor)."
+    return _floor(ctx, 2)

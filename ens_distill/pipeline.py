@@ -121,6 +121,12 @@ def _gather(ctx:Context, ens, summary:dict, rounds:bool, phases:dict)->tuple|Non
 # %% ../nbs/68_pipeline.ipynb #a7a1b2c9
 def _record(ctx:Context, run:RunDir, ens, summary:dict, prep:dict, phases:dict, t0:float, par:dict|None)->dict:
     "Evaluate, save the members and eval.json, and write the metrics record (rank 0)."
+    st = prep['stats']
+    if ens is None:                                  # a floor (count model): scored by its method, nothing to save
+        summary = dict(summary); hl = summary.pop('headline')
+        m = run_record(ctx.cfg, hl, summary, teacher_cache_flops=0., ngram_overlap=st['ngram_overlap'], phases=phases,
+                       wall_s=time.time() - t0)
+        run.finish(m); return m
     t = time.time(); router = fit_routing(ctx, ens.to(resolve_device(ctx.cfg.device)).eval())
     res = evaluate_run(ctx, ens, router); phases['eval'] = time.time() - t
     if router is not None: router.save(run.path/'router')   # the lm-eval model routes task requests with it
@@ -128,7 +134,6 @@ def _record(ctx:Context, run:RunDir, ens, summary:dict, prep:dict, phases:dict, 
     release_memory()
     t = time.time(); ens.save_members(run.path/'members', ctx.tokenizer); phases['save'] = time.time() - t
     atomic_write(run.path/'eval.json', res)
-    st = prep['stats']
     m = run_record(ctx.cfg, headline(res), {**summary, 'K': ens.K}, teacher_cache_flops=st['cache_flops'],
                    cache_bytes_per_token=st['bytes_per_token'], cluster_purity=st['cluster_purity'], ngram_overlap=st['ngram_overlap'],
                    inference_flops_per_token=inference_flops_per_token(count_params(ens) // ens.K, ens.K),
@@ -161,14 +166,14 @@ def run_pipeline(cfg:RunConfig, # the run's configuration (`cfg.method` picks th
         if got is None: return summary
         ens, summary, rows, par = got; run.replace_rows(rows)
     m = _record(ctx, run, ens, summary, prep, phases, t0, par)
-    if cfg.eval_tasks:  # the task suite (lm-eval) on the saved members: tasks.json, and 'tasks' in metrics.json
+    if cfg.eval_tasks and (run.path/'members').is_dir():  # the task suite (lm-eval) on the saved members: tasks.json, 'tasks' in metrics.json
         from ens_distill.lmeval import run_tasks
         m['tasks'] = run_tasks(run.path, cfg.eval_tasks, limit=cfg.eval_limit, overwrite=True, data_dir=cfg.data_dir,
                                cache_dir=cfg.cache_dir)['tasks']
     if verbose:
         extra = f" (parallel {par['parallel_test_ppl']:.2f}) | {par['world']} processes" if par else ''
         print(' | '.join(f'{k} {v:.1f}s' for k, v in phases.items()),
-              f"| test ppl {m['test_ppl']:.2f} (members {m['mean_member_ppl']:.2f}){extra}")
+              f"| test ppl {m['test_ppl']:.2f}" + (f" (members {m['mean_member_ppl']:.2f})" if 'mean_member_ppl' in m else '') + extra)
     return m
 
 # %% ../nbs/68_pipeline.ipynb #af052322

@@ -77,6 +77,10 @@ def format_leaderboard(lb:pd.DataFrame)->pd.DataFrame:
     for k, lab in [('test_ppl', 'test ppl'), ('ece', 'ECE'), ('kl_teacher', 'KL(teacher)')] + [(f'acc_{t}', t) for t in tasks]:
         if f'{k}_mean' in lb: out[lab] = [_pm(m, s) for m, s in zip(lb[f'{k}_mean'], lb[f'{k}_sd'])]
     if 'latency_ms' in lb: out['latency ms'] = lb.latency_ms.map(lambda v: '' if pd.isna(v) else f'{v:.3g}')
+    floor = lb.loc[lb.method == 'bigram', 'test_ppl_mean'].min() if 'bigram' in set(lb.method) else None
+    if floor is not None:   # a trained entry that does not beat the bigram floor is flagged
+        trained = ~lb.method.isin(['bigram', 'unigram', 'raw', 'teacher'])
+        out['beats bigram'] = np.where(trained, np.where(lb.test_ppl_mean < floor, 'yes', 'NO'), '')
     return out
 
 # %% ../nbs/80_report.ipynb #7e09aebe

@@ -75,3 +75,11 @@ def test_explorer_static(tmp_path):
     assert {'teacher', 'mean', 'product', 'member 0', 'member 1'} <= set(a['tables']) and len(a['tables']['mean']) == 10
     assert a['routing'].startswith('uniform') and abs(sum(a['weights']) - 1) < 1e-6      # no corpus router here -> uniform
     assert (a['kl'] >= -1e-5).all() and len(a['kl']) == len(a['tokens'])
+
+def test_leaderboard_flags_entries_that_do_not_beat_the_bigram(tmp_path):
+    from ens_distill.scaling import fake_run
+    fake_run(tmp_path, 'bigram', 1, 'tiny', 0, 5.0)
+    fake_run(tmp_path, 'independent', 4, 'tiny', 0, 4.0)
+    fake_run(tmp_path, 'ncl', 4, 'tiny', 0, 6.0)
+    t = format_leaderboard(leaderboard(collect_runs(tmp_path))).set_index('method')
+    assert t.loc['independent', 'beats bigram'] == 'yes' and t.loc['ncl', 'beats bigram'] == 'NO' and t.loc['bigram', 'beats bigram'] == ''
