@@ -169,7 +169,8 @@ def validate(cfg:RunConfig)->RunConfig:
     if any(not isinstance(x, int) or isinstance(x, bool) for x in cfg.seeds):
         raise ConfigError(f"config key 'seeds': seeds must be integers, got {cfg.seeds}")
     from ens_distill.packed import STUDENT_SIZES
-    if cfg.size not in STUDENT_SIZES and not (cfg.size[:1] == 'p' and cfg.size[1:].isdigit() and int(cfg.size[1:]) > 0):
+    from ens_distill.prune import prune_depth
+    if cfg.size not in STUDENT_SIZES and not (prune_depth(cfg.size) or 0) > 0:
         raise ConfigError(f"config key 'size': {cfg.size!r} is not one of {list(STUDENT_SIZES)} or a pruned size p<L> (L teacher layers)")
     if cfg.method == 'cbtm': cfg.n_clusters = cfg.K  # c-BTM: one member per data cluster
     if any(isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0 for t in cfg.cache_taus):

@@ -17,15 +17,18 @@ from .data import TfidfRouter
 from .methods import Context
 
 # %% auto #0
-__all__ = ['route_features', 'tfidf_weights', 'member_buckets', 'fit_router', 'learned_weights', 'Router', 'fit_routing',
-           'prefix_texts', 'router_flops']
+__all__ = ['text_features', 'route_features', 'tfidf_weights', 'member_buckets', 'fit_router', 'learned_weights', 'Router',
+           'fit_routing', 'prefix_texts', 'router_flops']
 
 # %% ../nbs/52_routing.ipynb #30988717
+def text_features(tfidf, texts:list)->tuple:
+    "Squared tf-idf distances [N,C] of `texts` to the cluster centres, and which texts are non-empty [N]."
+    has = torch.tensor([bool(str(t).strip()) for t in texts], dtype=torch.bool)   # an empty text: uniform weights
+    return torch.as_tensor(tfidf.distances(list(texts)), dtype=torch.float32), has
+
 def route_features(ctx:Context, split:str)->tuple:
     "Squared tf-idf distances [N,C] of each block's prefix to the centres, and which blocks have a prefix [N]."
-    texts = prefix_texts(ctx, split)
-    has = torch.tensor([bool(t.strip()) for t in texts], dtype=torch.bool)   # an empty prefix: uniform weights
-    return torch.as_tensor(ctx.corpus.router.distances(texts), dtype=torch.float32), has
+    return text_features(ctx.corpus.router, prefix_texts(ctx, split))
 
 def tfidf_weights(d:torch.Tensor, has:torch.Tensor, temp:float)->torch.Tensor:
     "c-BTM routing weights [K,N] from squared distances [N,K]: softmax(-d/temp), uniform without context."
@@ -77,8 +80,7 @@ class Router:
 
     def weights(self, texts:list)->torch.Tensor:
         "Member weights [K,N] for `texts` (uniform for an empty text)."
-        d = torch.as_tensor(self.tfidf.distances(list(texts)), dtype=torch.float32)      # [N,C]
-        has = torch.tensor([bool(str(t).strip()) for t in texts], dtype=torch.bool)
+        d, has = text_features(self.tfidf, texts)                                        # [N,C], [N]
         return tfidf_weights(d, has, self.temp) if self.lin is None else learned_weights(self.lin, d, has)
 
 # %% ../nbs/52_routing.ipynb #24d961d7
