@@ -7,8 +7,8 @@ from __future__ import annotations
 from .core import *
 
 # %% auto #0
-__all__ = ['count_params', 'layer_matmul_params', 'llama_params', 'forward_flops', 'train_flops', 'tokens_for_flops',
-           'inference_flops_per_token', 'add_overhead', 'step_flops']
+__all__ = ['count_params', 'layer_matmul_params', 'llama_params', 'non_embedding_params', 'forward_flops', 'train_flops',
+           'tokens_for_flops', 'inference_flops_per_token', 'add_overhead', 'step_flops']
 
 # %% ../nbs/03_compute.ipynb #c0a1b2c8
 def count_params(model, # an nn.Module or an iterable of tensors
@@ -31,23 +31,29 @@ def llama_params(c, # a LlamaConfig (or any object with its fields)
     d, L = c.hidden_size, c.num_hidden_layers
     return c.vocab_size * d + L * (layer_matmul_params(c) + 2 * d) + d
 
+def non_embedding_params(c)->int:
+    "Parameters of one Llama model of config `c` without its (tied) embedding: the size scaling laws use."
+    return llama_params(c) - c.vocab_size * c.hidden_size
+
 # %% ../nbs/03_compute.ipynb #c0a1b2cd
 def forward_flops(n_params:int, # parameters that take part in the forward pass
                   tokens:int)->float: # tokens processed
     "FLOPs of a forward pass: 2 per parameter per token."
     return 2. * n_params * tokens
 
-def train_flops(n_params:int, # parameters of one member
+def train_flops(n_params:int, # parameters of one member (a frozen head included)
                 tokens:int, # training tokens per member
-                K:int=1)->float: # members trained
-    "FLOPs of training K members on `tokens` tokens each: 6 per parameter per token."
-    return 6. * n_params * tokens * K
+                K:int=1, # members trained
+                frozen:int=0)->float: # of n_params, frozen ones (e.g. a shared head): no weight gradient, 4 per token
+    "FLOPs of training K members on `tokens` tokens each: 6 per parameter per token, 4 per frozen one."
+    return (6. * (n_params - frozen) + 4. * frozen) * tokens * K
 
 def tokens_for_flops(flops:float, # a total training FLOP budget
                      n_params:int, # parameters of one member
-                     K:int=1)->float: # members sharing the budget
+                     K:int=1, # members sharing the budget
+                     frozen:int=0)->float: # of n_params, frozen ones
     "Training tokens per member that spend `flops` on K members (the inverse of `train_flops`)."
-    return flops / (6. * n_params * K)
+    return flops / train_flops(n_params, 1, K, frozen)
 
 # %% ../nbs/03_compute.ipynb #c0a1b2e2
 def inference_flops_per_token(n_params:int, # parameters of one member (embedding and head included)

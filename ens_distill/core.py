@@ -56,7 +56,7 @@ RANGES = dict(  # name: (low, high) inclusive
     synthetic_frac=(0., 1.), gen_temperature=(0., 10.), gen_top_p=(1e-3, 1.), gen_seed=(-1, 2**32-1), route_temp=(1e-4, 1e4), route_prefix=(0, 1<<16), calib_blocks=(1, 1<<20), teacher_ft_lr=(0., 1.), lr=(0., 10.), min_lr_frac=(0., 1.), warmup_frac=(0., 1.),
     weight_decay=(0., 10.), grad_clip=(0., 1e6), dev_frac=(0., .5), test_frac=(0., .5),
     tokens_per_member=(0, 1<<50), max_tokens_per_domain=(0, 1<<50), eval_tokens_per_domain=(0, 1<<50),
-    eval_limit=(0, 1<<30), ckpt_every=(0, 1<<40), log_every=(1, 1<<40), seed=(0, 2**32-1),
+    eval_limit=(0, 1<<30), dev_curve_blocks=(1, 1<<30), ckpt_every=(0, 1<<40), log_every=(1, 1<<40), seed=(0, 2**32-1),
 )
 
 # %% ../nbs/00_core.ipynb #6887d056
@@ -87,6 +87,8 @@ class RunConfig:
     init_from_teacher:bool = True # initialise member embeddings from the teacher's (projected; random-init sizes)
     prune_layers:str = 'even' # pruned sizes p<L>: which L teacher layers ('even', 'importance', 'offset')
     calib_blocks:int = 32 # training blocks whose hidden states rank the layers for prune_layers='importance'
+    share_embedding:bool = False # pruned sizes: the teacher's embedding / tied head frozen and held once for all members
+    large_size:str = '' # single_large: the single student's size ('': the member cut with K x its layers)
     combine:str = 'mean' # how member distributions combine at evaluation
     # method and objective
     method:str = 'independent' # ensemble formation method
@@ -123,6 +125,8 @@ class RunConfig:
     device:str = 'auto' # 'auto', 'cpu' or 'cuda'
     ckpt_every:int = 0 # checkpoint every N steps (0: only at the end)
     log_every:int = 10 # metrics row every N steps
+    dev_curve:list = field(default_factory=list) # tokens per member at which every member's dev perplexity is logged (recovery curves)
+    dev_curve_blocks:int = 128 # dev blocks (evenly strided over the split) scored at each dev-curve point
     seed:int = 0 # seed of this run
     seeds:list = field(default_factory=lambda: [0]) # seeds to repeat the run with
     # evaluation
@@ -171,7 +175,13 @@ def validate(cfg:RunConfig)->RunConfig:
     from ens_distill.packed import STUDENT_SIZES
     from ens_distill.prune import prune_depth
     if cfg.size not in STUDENT_SIZES and not (prune_depth(cfg.size) or 0) > 0:
-        raise ConfigError(f"config key 'size': {cfg.size!r} is not one of {list(STUDENT_SIZES)} or a pruned size p<L> (L teacher layers)")
+        raise ConfigError(f"config key 'size': {cfg.size!r} is not one of {list(STUDENT_SIZES)} or a pruned size p<L>[f<F>][g<G>] (L teacher layers, F FFN channels, G attention groups)")
+    if any(isinstance(t, bool) or not isinstance(t, int) or t <= 0 for t in cfg.dev_curve):
+        raise ConfigError(f"config key 'dev_curve': token counts must be positive integers, got {cfg.dev_curve}")
+    if cfg.large_size and cfg.large_size not in STUDENT_SIZES and prune_depth(cfg.large_size) is None:
+        raise ConfigError(f"config key 'large_size': {cfg.large_size!r} is not one of {list(STUDENT_SIZES)} or a pruned size p<L>[f<F>][g<G>]")
+    if cfg.share_embedding and prune_depth(cfg.size) is None:
+        raise ConfigError(f"config key 'share_embedding': only members cut from the teacher (size p<L>) share its embedding; size is {cfg.size!r}")
     if cfg.method == 'cbtm': cfg.n_clusters = cfg.K  # c-BTM: one member per data cluster
     if any(isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0 for t in cfg.cache_taus):
         raise ConfigError(f"config key 'cache_taus': temperatures must be positive numbers, got {cfg.cache_taus}")
@@ -193,7 +203,10 @@ PRESETS = dict(
                eval_tokens_per_domain=400, tokens_per_member=2_048, batch_size=4, topk=8, n_clusters=2,
                eval_limit=4, log_every=2, lr=1e-2, route_prefix=8),
     demo=dict(tokens_per_member=40_000),
-    study=dict(tokens_per_member=40_000, holdout_domains=['dialog'], seeds=[0, 1, 2], eval_limit=40, out_dir='reports/study'),
+    study1=dict(tokens_per_member=40_000, holdout_domains=['dialog'], seeds=[0, 1, 2], eval_limit=40, out_dir='reports/study'),
+    study=dict(size='p4', block_size=256, max_tokens_per_domain=250_000, eval_tokens_per_domain=25_000, dev_frac=0.1,
+               test_frac=0.1, holdout_domains=['dialog'], tokens_per_member=1_000_000, batch_size=8, eval_batch_size=16,
+               lr=1e-3, seeds=[0, 1, 2], eval_limit=500, ckpt_every=100, out_dir='reports/study2'),
     large=dict(size='s', block_size=256, max_tokens_per_domain=150_000, eval_tokens_per_domain=20_000,
                tokens_per_member=1_000_000, batch_size=8, eval_limit=200, seeds=[0, 1, 2], ckpt_every=200),
 )

@@ -12,7 +12,7 @@ import torch
 from torch import nn, Tensor
 from tqdm.auto import tqdm
 from .core import *
-from .packed import combine, head_map, chunk_size
+from .packed import combine, head_map, head_logits, chunk_size
 from .losses import student_buckets, teacher_buckets, forward_kl, kl_div
 
 # %% auto #0
@@ -364,7 +364,7 @@ def kl_capture(ens, # the ensemble (anything `as_evaluable` takes)
     dev = ens.head_weight.device
     for x in tokens[:n_blocks].to(dev).split(1):
         lt = teacher(input_ids=x.to(next(teacher.parameters()).device)).logits.float().log_softmax(-1)[0, skip:-1].to(dev)  # [T',V]
-        lq = torch.einsum('kbtd,kvd->kbtv', ens.hidden(x), ens.head_weight).float().log_softmax(-1)[:, 0, skip:-1]  # [K,T',V]
+        lq = head_logits(ens.hidden(x), ens.head_weight).float().log_softmax(-1)[:, 0, skip:-1]  # [K,T',V]
         le = combine(lq, rule)                                                                # [T',V]
         ids = lt.topk(k, -1).indices
         tb = torch.cat([lt.gather(-1, ids), lt.scatter(-1, ids, float('-inf')).logsumexp(-1, keepdim=True)], -1)

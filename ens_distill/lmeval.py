@@ -20,7 +20,7 @@ from lm_eval.models.utils import (_add_special_kwargs, has_bos_prefix, handle_st
                                   postprocess_generated_text, resolve_max_length)
 import ens_distill
 from .core import *
-from .packed import PackedEnsemble, combine, head_map, chunk_size, decode, member_logp_fn
+from .packed import PackedEnsemble, combine, head_map, head_logits, chunk_size, decode, member_logp_fn
 from .runs import atomic_write, cache_path
 
 # %% auto #0
@@ -292,7 +292,7 @@ def next_logp(self:EnsembleLM, seqs:list, # token lists
     with torch.no_grad():
         if isinstance(self.ens, PackedEnsemble):
             h = self.ens.hidden(ids)[:, torch.arange(B), last]                            # [K,B,d]
-            lp = torch.einsum('kbd,kvd->kbv', h, self.ens.head_weight.to(h.dtype)).float().log_softmax(-1)
+            lp = head_logits(h, self.ens.head_weight).float().log_softmax(-1)
         else: lp = torch.stack([m(ids).logits[torch.arange(B), last].float().log_softmax(-1) for m in self.ens])
     return combine(lp, self.rule, self.weights if weights is None else weights)          # [B,V]
 

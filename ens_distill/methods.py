@@ -9,20 +9,21 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 from .core import *
-from .compute import count_params, forward_flops, add_overhead
+from .compute import count_params, forward_flops, add_overhead, llama_params, non_embedding_params, train_flops, tokens_for_flops
 from .runs import RunDir
 from .data import bootstrap_indices, cluster_mix_indices, topq_indices
-from .packed import PackedEnsemble, student_config, init_from_teacher, head_map, chunk_size
+from .packed import PackedEnsemble, STUDENT_SIZES, student_config, init_from_teacher, head_map, chunk_size
 from .losses import student_buckets, ensemble_kl
 from .train import Plan, train, n_steps
-from .parallel import Comm, member_split, shard_members, shard_plan, ncl_mean_fn
+from .parallel import Comm, member_split, shard_members, join_members, shard_plan, ncl_mean_fn
 from .synthetic import ConcatCache, synthetic_data
-from .prune import prune_depth, pruned_members
+from .prune import prune_depth, parse_cut, pruned_members, member_config
 
 # %% auto #0
 __all__ = ['METHODS', 'Context', 'build_members', 'fit_plan', 'Method', 'register', 'get_method', 'method_names', 'independent',
-           'bagging', 'ncl', 'single', 'single_matched', 'raw', 'pack_teacher', 'frozen_teacher', 'teacher_ft', 'cbtm',
-           'block_scores', 'stack_members', 'boost_plan', 'boosting', 'synthetic', 'CountLM', 'unigram', 'bigram']
+           'bagging', 'ncl', 'single', 'single_matched', 'size_params', 'ensemble_flops', 'flop_matched', 'large_size',
+           'single_large', 'raw', 'pack_teacher', 'frozen_teacher', 'teacher_ft', 'cbtm', 'block_scores', 'boost_plan',
+           'boosting', 'synthetic', 'CountLM', 'unigram', 'bigram']
 
 # %% ../nbs/50_methods.ipynb #20c7a0a6
 @dataclass
@@ -37,6 +38,7 @@ class Context:
     comm:Comm = field(default_factory=lambda: Comm(local_only=True)) # collectives (one process: no-ops)
     resume:bool = False # continue training from the run's checkpoints
     progress:bool = True # show training progress bars
+    on_step:object = None # called by `train` after every step (the run's dev curve; see `pipeline.dev_curve_fn`)
 
     @property
     def tokens(self)->torch.Tensor: return self.corpus.tokens('train')  # [N,T]
@@ -51,7 +53,7 @@ def build_members(ctx:Context, K:int, seed:int, size:str|None=None)->PackedEnsem
     if prune_depth(size) is not None:
         c = ctx.cfg
         members, _ = pruned_members(ctx.teacher, size, K, c.prune_layers, ctx.tokens[:c.calib_blocks], c.eval_batch)
-        return PackedEnsemble.from_members([m.float() for m in members]).cpu()
+        return PackedEnsemble.from_members([m.float() for m in members], c.share_embedding).cpu()
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         ens = PackedEnsemble(student_config(size, ctx.vocab_size), K)
@@ -71,7 +73,7 @@ def fit_plan(ctx:Context, plan:Plan, # the method's data selection and loss term
         ens, plan = shard_members(ens, k0, k1), shard_plan(plan, k0, k1)
         if plan.ncl_lambda: plan = replace(plan, ncl_mean=ncl_mean_fn(comm, K), chunk=chunk_size(K, ctx.vocab_size))
     s = train(ens, ctx.tokens if tokens is None else tokens, cache or ctx.caches['train'], cfg or ctx.cfg, plan,
-              run=ctx.run, resume=ctx.resume, progress=ctx.progress)
+              run=ctx.run, resume=ctx.resume, progress=ctx.progress, on_step=ctx.on_step)
     return ens, s
 
 # %% ../nbs/50_methods.ipynb #eb86d4b7
@@ -135,10 +137,44 @@ def single_matched(ctx:Context):
     ens, s = fit_plan(ctx, Plan(_all(ctx, 1)), cfg=replace(c, tokens_per_member=c.tokens_per_member * c.K))
     return ens, {**s, 'matched_by': f'tokens x{c.K}'}
 
+def size_params(ctx:Context, size:str)->tuple:
+    "(parameters, frozen parameters) of one member of `size` under the run's settings, before any weights exist."
+    mc = member_config(size, ctx.teacher.config)
+    return llama_params(mc), mc.vocab_size * mc.hidden_size if ctx.cfg.share_embedding and prune_depth(size) else 0
+
+def ensemble_flops(ctx:Context)->float:
+    "The training FLOPs of the run's K members of `cfg.size` with `cfg.tokens_per_member` each (as `train` counts them)."
+    (c, T), (P, fr) = (ctx.cfg, ctx.tokens.shape[1]), size_params(ctx, ctx.cfg.size)
+    return train_flops(P, n_steps(c, T) * c.batch_size * c.grad_accum * T, c.K, fr)
+
+def flop_matched(ctx:Context, size:str, **kw)->RunConfig:
+    "The run's settings for one student of `size` that spends the K-member ensemble's training FLOPs (head included)."
+    P, fr = size_params(ctx, size)
+    return replace(ctx.cfg, size=size, tokens_per_member=max(1, round(tokens_for_flops(ensemble_flops(ctx), P, 1, fr))), **kw)
+
+def large_size(cfg:RunConfig, teacher_config)->str:
+    "The headline pair's single student: `cfg.large_size`, the member cut with K x its layers, or the random-init size nearest K x its non-embedding parameters."
+    if cfg.large_size: return cfg.large_size
+    cut, n = parse_cut(cfg.size), teacher_config.num_hidden_layers
+    if cut is None:
+        want = cfg.K * non_embedding_params(member_config(cfg.size, teacher_config))
+        return min(STUDENT_SIZES, key=lambda s: abs(math.log(non_embedding_params(member_config(s, teacher_config)) / want)))
+    if cut['layers'] * cfg.K > n:
+        raise ConfigError(f"config key 'large_size': no automatic {cfg.K}x size for {cfg.size!r} (the teacher has {n} layers); set it")
+    return f"p{cut['layers'] * cfg.K}" + (f"f{cut['ffn']}" if cut['ffn'] else '') + (f"g{cut['groups']}" if cut['groups'] else '')
+
+@register('single_large', ensemble=False)
+def single_large(ctx:Context):
+    "The headline pair's other side: one student with about K x the members' non-embedding parameters and the ensemble's training FLOPs."
+    size = large_size(ctx.cfg, ctx.teacher.config)
+    cfg = flop_matched(ctx, size)
+    ens, s = fit_plan(ctx, Plan(_all(ctx, 1)), ens=build_members(ctx, 1, cfg.seed, size), cfg=cfg)
+    return ens, {**s, 'large_size': size, 'matched_by': f'training FLOPs of K={ctx.cfg.K} x {ctx.cfg.size}'}
+
 def _untrained(ens:PackedEnsemble)->dict:
     "The training summary of members that were not trained."
-    return dict(steps=0, K=ens.K, tokens_per_member=0, params_per_member=count_params(ens) // ens.K,
-                train_flops=0., train_seconds=0.)
+    return dict(steps=0, K=ens.K, tokens_per_member=0, params_per_member=ens.params_per_member,
+                nonemb_params_per_member=ens.nonemb_params_per_member, train_flops=0., train_seconds=0.)
 
 @register('raw', ensemble=False)
 def raw(ctx:Context):
@@ -159,9 +195,12 @@ def frozen_teacher(ctx:Context):
 
 @register('teacher_ft', ensemble=False)
 def teacher_ft(ctx:Context):
-    "The teacher finetuned with next-token CE on the distillation data (one member's token budget)."
-    c = ctx.cfg
-    return fit_plan(ctx, Plan(_all(ctx, 1)), ens=pack_teacher(ctx), cfg=replace(c, objective='ce', alpha=0., lr=c.teacher_ft_lr))
+    "The teacher finetuned with next-token CE on the distillation data, with the K-member ensemble's training FLOPs."
+    c, P = ctx.cfg, count_params(ctx.teacher)
+    cfg = replace(c, objective='ce', alpha=0., lr=c.teacher_ft_lr,
+                  tokens_per_member=max(1, round(tokens_for_flops(ensemble_flops(ctx), P))))
+    ens, s = fit_plan(ctx, Plan(_all(ctx, 1)), ens=pack_teacher(ctx), cfg=cfg)
+    return ens, {**s, 'matched_by': f'training FLOPs of K={c.K} x {c.size}'}
 
 # %% ../nbs/50_methods.ipynb #9fbee093
 @register('cbtm', parallel=True)
@@ -198,14 +237,6 @@ def block_scores(ens:PackedEnsemble, # the current ensemble
     if world == 1: return s.cpu()
     return comm.all_gather(s.to(ens.embed.device), [b - a for a, b in zip(cuts, cuts[1:])], 'boost_scores').cpu()
 
-# %% ../nbs/50_methods.ipynb #e7ea05a1
-def stack_members(parts:list)->PackedEnsemble:
-    "One `PackedEnsemble` holding the members of several (same config) ensembles, in order."
-    ens = PackedEnsemble(parts[0].config, sum(p.K for p in parts))
-    sds = [p.state_dict() for p in parts]
-    ens.load_state_dict({k: torch.cat([sd[k] for sd in sds]) for k in sds[0]})
-    return ens
-
 # %% ../nbs/50_methods.ipynb #b99581e5
 def boost_plan(cfg:RunConfig, n:int, # the run's settings; training blocks
                scores:torch.Tensor|None, # per-block scores after the previous rounds (None: round 0)
@@ -229,14 +260,15 @@ def boosting(ctx:Context):
         m = build_members(ctx, 1, c.seed * 1019 + r).to(dev)
         if comm.rank == r % comm.world:
             summ.append(train(m, ctx.tokens, ctx.caches['train'], c, boost_plan(c, len(ctx.tokens), scores, r), run=ctx.run,
-                              resume=ctx.resume, progress=ctx.progress, tag=f'_r{r}', step_offset=r * n_steps(c, ctx.tokens.shape[1])))
+                              resume=ctx.resume, progress=ctx.progress, on_step=ctx.on_step, tag=f'_r{r}', step_offset=r * n_steps(c, ctx.tokens.shape[1])))
         with torch.no_grad():
-            for t in m.state_dict().values(): comm.broadcast(t, 'boost_weights', src=r % comm.world)
+            for n, t in m.state_dict().items():
+                if n != 'embed' or not m.share_embedding: comm.broadcast(t, 'boost_weights', src=r % comm.world)
         parts.append(m.eval())
-        if r < c.K - 1: scores = block_scores(stack_members(parts), ctx.tokens, ctx.caches['train'], comm)
+        if r < c.K - 1: scores = block_scores(join_members(parts), ctx.tokens, ctx.caches['train'], comm)
     n, N, T = summ[0]['params_per_member'], len(ctx.tokens), ctx.tokens.shape[1]
     scoring = sum(forward_flops(n * (r + 1), N * T) for r in range(c.K - 1))  # rounds 1..K-1 score every block first
-    return stack_members(parts).to(dev), add_overhead(_sum_rounds(summ, c.K), boost_scoring=scoring)
+    return join_members(parts).to(dev), add_overhead(_sum_rounds(summ, c.K), boost_scoring=scoring)
 
 # %% ../nbs/50_methods.ipynb #3ac9481c
 @register('synthetic')

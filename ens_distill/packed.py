@@ -12,10 +12,12 @@ from torch import nn, Tensor
 from fastcore.basics import patch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from .core import *
+from .compute import llama_params, non_embedding_params
 
 # %% auto #0
-__all__ = ['STUDENT_SIZES', 'student_config', 'PackedLayer', 'PackedEnsemble', 'load_members', 'pca_project', 'init_from_teacher',
-           'scratch', 'chunk_size', 'head_loss', 'head_map', 'combine', 'decode', 'member_logp_fn', 'generate']
+__all__ = ['STUDENT_SIZES', 'student_config', 'PackedLayer', 'PackedEnsemble', 'head_logits', 'load_members', 'shard_members',
+           'join_members', 'pca_project', 'init_from_teacher', 'scratch', 'chunk_size', 'head_loss', 'head_map',
+           'combine', 'decode', 'member_logp_fn', 'generate']
 
 # %% ../nbs/30_packed.ipynb #aed0c44b
 STUDENT_SIZES = dict(  # name: LlamaConfig fields of one member (layers, width, heads, kv heads, FFN width)
@@ -110,11 +112,13 @@ def forward(self:PackedLayer, x:Tensor, # residual stream [K,B,T,d]
 class PackedEnsemble(nn.Module):
     "K Llama members of identical shape with parameters stacked on a leading K axis."
     def __init__(self, config:LlamaConfig, # one member's config (see `student_config`)
-                 K:int): # number of members
+                 K:int, # number of members
+                 share_embedding:bool=False): # one frozen embedding / tied head [1,V,d] for all members
         super().__init__()
         _check_config(config)
-        self.config, self.K = config, K
-        self.embed = nn.Parameter(torch.empty(K, config.vocab_size, config.hidden_size))  # tied LM head
+        self.config, self.K, self.share_embedding = config, K, share_embedding
+        self.embed = nn.Parameter(torch.empty(1 if share_embedding else K, config.vocab_size, config.hidden_size),
+                                  requires_grad=not share_embedding)  # tied LM head
         self.layers = nn.ModuleList(PackedLayer(config, K) for _ in range(config.num_hidden_layers))
         self.norm = nn.Parameter(torch.ones(K, config.hidden_size))
         hd = getattr(config, 'head_dim', None) or config.hidden_size // config.num_attention_heads
@@ -123,28 +127,55 @@ class PackedEnsemble(nn.Module):
         self.reset_parameters()
 
     @property
-    def head_weight(self)->Tensor: return self.embed  # [K,V,d] (tied)
+    def head_weight(self)->Tensor: return self.embed.expand(self.K, -1, -1)  # [K,V,d] (tied; a view when shared)
+
+    @property
+    def frozen_per_member(self)->int: return self.embed[0].numel() if self.share_embedding else 0  # the frozen head's weights
+
+    @property
+    def params_per_member(self)->int: return llama_params(self.config)  # one member's parameters, embedding included
+
+    @property
+    def nonemb_params_per_member(self)->int: return non_embedding_params(self.config)  # without the embedding
 
     def reset_parameters(self):
         "Initialise like HF Llama."
-        for n, p in self.named_parameters():
-            if re.search(r'(^|\.)(ln1|ln2|norm)$', n): nn.init.ones_(p)
-            else: nn.init.normal_(p, 0.0, self.config.initializer_range)
+        with torch.no_grad():
+            for n, p in self.named_parameters():
+                if re.search(r'(^|\.)(ln1|ln2|norm)$', n): nn.init.ones_(p)
+                else: nn.init.normal_(p, 0.0, self.config.initializer_range)
         if self.config.pad_token_id is not None:
             with torch.no_grad(): self.embed[:, self.config.pad_token_id].zero_()
+
+# %% ../nbs/30_packed.ipynb #5f1e0a02
+def _one_head(W:Tensor)->Tensor:
+    "A shared head as [1,V,d]: `W` itself, or the first slice of a stride-0 [K,V,d] view."
+    return W[:1] if W.shape[0] > 1 and W.stride(0) == 0 else W
+
+def head_logits(h:Tensor, # hidden states [K,...,d]
+                W:Tensor, # head weight [K,V,d], or one shared [1,V,d] (or a stride-0 view of it)
+                out:Tensor|None=None)->Tensor: # optional output buffer [K,...,V]
+    "Logits [K,...,V] of every member's head (in h's dtype): a batched matmul, or one matmul over K x tokens for a shared head."
+    W, lead = _one_head(W), h.shape[:-1]
+    if W.dtype != h.dtype: W = W.to(h.dtype)
+    if W.shape[0] == 1: y = torch.matmul(h.reshape(-1, h.shape[-1]), W[0].T, out=None if out is None else out.view(-1, W.shape[1]))
+    else: y = torch.bmm(h.reshape(h.shape[0], -1, h.shape[-1]), W.transpose(1, 2), out=None if out is None else out.view(h.shape[0], -1, W.shape[1]))
+    return y.view(*lead, W.shape[1])
 
 # %% ../nbs/30_packed.ipynb #57ac5c08
 @patch
 def hidden(self:PackedEnsemble, input_ids:Tensor, # token ids [B,T] (shared) or [K,B,T] (one batch per member)
            cache:list|None=None)->Tensor: # KV cache for decoding: a list (one dict per layer), extended in place
     "Final hidden states [K,B,T,d] for token ids [B,T] (shared) or [K,B,T] (one batch per member)."
-    K, V, d = self.embed.shape
+    K, (_, V, d) = self.K, self.embed.shape
     if input_ids.dim() == 2: input_ids = input_ids.expand(K, *input_ids.shape)
     if input_ids.dim() != 3 or input_ids.shape[0] != K:
         raise EnsDistillError(f"input_ids must be [B,T] or [K={K},B,T]; got shape {tuple(input_ids.shape)}")
     _, B, T = input_ids.shape
-    off = torch.arange(K, device=input_ids.device)[:, None, None] * V
-    x = F.embedding(input_ids + off, self.embed.view(K*V, d))              # [K,B,T,d]
+    if self.share_embedding: x = F.embedding(input_ids, self.embed[0])    # [K,B,T,d]
+    else:
+        off = torch.arange(K, device=input_ids.device)[:, None, None] * V
+        x = F.embedding(input_ids + off, self.embed.view(K*V, d))          # [K,B,T,d]
     pad = self.config.pad_token_id
     if pad is not None and self.embed.requires_grad and torch.is_grad_enabled():
         x = torch.where((input_ids == pad)[..., None], x.detach(), x)
@@ -159,7 +190,7 @@ def hidden(self:PackedEnsemble, input_ids:Tensor, # token ids [B,T] (shared) or 
 @patch
 def forward(self:PackedEnsemble, input_ids:Tensor)->Tensor:
     "Per-member logits [K,B,T,V] (materialises all of them: use `head_loss` for training)."
-    return torch.einsum('kbtd,kvd->kbtv', self.hidden(input_ids), self.head_weight)
+    return head_logits(self.hidden(input_ids), self.embed)
 
 # %% ../nbs/30_packed.ipynb #c4e3a1b5
 _SHAPE_KEYS = ['vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads', 'num_key_value_heads',
@@ -174,7 +205,8 @@ def _layer_parts(c:LlamaConfig)->dict:
                 wo=(['self_attn.o_proj'], None), wgu=(['mlp.gate_proj', 'mlp.up_proj'], [F_, F_]), wdown=(['mlp.down_proj'], None))
 
 @patch(cls_method=True)
-def from_members(cls:PackedEnsemble, members:list)->PackedEnsemble:
+def from_members(cls:PackedEnsemble, members:list, # K `LlamaForCausalLM`s of one config
+                 share_embedding:bool=False)->PackedEnsemble: # hold one frozen copy of their (identical) embedding
     "A packed ensemble holding copies of the weights of K `LlamaForCausalLM`s of identical config."
     if not members: raise EnsDistillError("from_members needs at least one member model")
     c = members[0].config
@@ -182,10 +214,13 @@ def from_members(cls:PackedEnsemble, members:list)->PackedEnsemble:
         diff = [k for k in _SHAPE_KEYS if getattr(m.config, k, None) != getattr(c, k, None)]
         if diff: raise EnsDistillError(f"from_members: members differ in {diff}; pack only members of one size")
     sds = [m.state_dict() for m in members]
-    ens = cls(c, len(members))
+    E = [sd['model.embed_tokens.weight'] for sd in sds]
+    if share_embedding and any(not torch.equal(e, E[0]) for e in E[1:]):
+        raise EnsDistillError("from_members(share_embedding=True): the members' embeddings differ; share only one embedding")
+    ens = cls(c, len(members), share_embedding)
     st = lambda key: torch.stack([sd[key] for sd in sds]).to(ens.embed.dtype)
     with torch.no_grad():
-        ens.embed.copy_(st('model.embed_tokens.weight')); ens.norm.copy_(st('model.norm.weight'))
+        ens.embed.copy_(E[0][None] if share_embedding else st('model.embed_tokens.weight')); ens.norm.copy_(st('model.norm.weight'))
         for i, layer in enumerate(ens.layers):
             for name, (parts, _) in _layer_parts(c).items():
                 getattr(layer, name).copy_(torch.cat([st(f'model.layers.{i}.{p}.weight') for p in parts], 1))
@@ -196,7 +231,8 @@ def from_members(cls:PackedEnsemble, members:list)->PackedEnsemble:
 @patch
 def member_state_dict(self:PackedEnsemble, k:int)->dict:
     "The HF `LlamaForCausalLM` state dict of member `k` (detached copies)."
-    sd = {'model.embed_tokens.weight': self.embed[k], 'lm_head.weight': self.embed[k], 'model.norm.weight': self.norm[k]}
+    E = self.head_weight[k]
+    sd = {'model.embed_tokens.weight': E, 'lm_head.weight': E, 'model.norm.weight': self.norm[k]}
     for i, layer in enumerate(self.layers):
         for name, (parts, sizes) in _layer_parts(self.config).items():
             w = getattr(layer, name)[k]
@@ -224,11 +260,36 @@ def save_members(self:PackedEnsemble, path, # directory to write member_0 ... me
         if tokenizer is not None: tokenizer.save_pretrained(path/f'member_{i}')
     return path
 
-def load_members(path)->PackedEnsemble:
+def load_members(path, share_embedding:bool|None=None)->PackedEnsemble: # None: share when every member's embedding is the same
     "A `PackedEnsemble` from a directory written by `save_members`."
     dirs = sorted(Path(path).glob('member_*'), key=lambda p: int(p.name.split('_')[1]))
     if not dirs: raise EnsDistillError(f"no member_* checkpoints in {path}; write them with PackedEnsemble.save_members")
-    return PackedEnsemble.from_members([AutoModelForCausalLM.from_pretrained(d) for d in dirs])
+    ms = [AutoModelForCausalLM.from_pretrained(d) for d in dirs]
+    if share_embedding is None:
+        e0 = ms[0].get_input_embeddings().weight
+        share_embedding = len(ms) > 1 and all(torch.equal(m.get_input_embeddings().weight, e0) for m in ms[1:])
+    return PackedEnsemble.from_members(ms, share_embedding)
+
+# %% ../nbs/30_packed.ipynb #5f1e0a11
+def shard_members(ens:PackedEnsemble, k0:int, k1:int)->PackedEnsemble:
+    "A `PackedEnsemble` holding copies of members k0..k1-1 of `ens`."
+    part = PackedEnsemble(ens.config, k1 - k0, ens.share_embedding).to(ens.embed.device, ens.embed.dtype)
+    part.load_state_dict({n: t.clone() if n == 'embed' and ens.share_embedding else t[k0:k1].clone()
+                          for n, t in ens.state_dict().items()})
+    return part
+
+def join_members(parts:list, # state dicts of consecutive blocks of members (or PackedEnsembles)
+                 config=None, # one member's LlamaConfig (default: the first part's)
+                 share_embedding:bool|None=None)->PackedEnsemble: # one shared embedding (default: the first part's setting)
+    "One `PackedEnsemble` (on the CPU) holding the members of several blocks, in order."
+    if isinstance(parts[0], PackedEnsemble):
+        config = config or parts[0].config
+        share_embedding = parts[0].share_embedding if share_embedding is None else share_embedding
+        parts = [p.state_dict() for p in parts]
+    ens = PackedEnsemble(config, sum(len(sd['norm']) for sd in parts), bool(share_embedding))
+    ens.load_state_dict({n: parts[0][n].cpu() if n == 'embed' and share_embedding else torch.cat([sd[n].cpu() for sd in parts])
+                         for n in ens.state_dict()})
+    return ens
 
 # %% ../nbs/30_packed.ipynb #344acc63
 def pca_project(E:Tensor, # teacher embedding [V,D]
@@ -273,15 +334,16 @@ def scratch(name:str, shape, dtype:torch.dtype, device)->Tensor:
 class _ChunkedHeadLoss(torch.autograd.Function):
     "sum_chunks loss_fn(h_chunk @ W^T); gradients computed chunk by chunk during the forward."
     @staticmethod
-    def forward(ctx, h, W, loss_fn, chunk):  # h [K,N,d], W [K,V,d]
+    def forward(ctx, h, W, loss_fn, chunk):  # h [K,N,d], W [K,V,d] or shared [1,V,d]
         dt, dev, (K, N, _), V = _head_dtype(h), h.device, h.shape, W.shape[1]
-        hc, Wc = h.detach().to(dt), W.detach().to(dt)
-        gh, gW = torch.empty_like(h, dtype=torch.float32), torch.zeros_like(W, dtype=torch.float32)
+        hc, Wc, need_gW = h.detach().to(dt), W.detach().to(dt), W.requires_grad
+        gh = torch.empty_like(h, dtype=torch.float32)
+        gW = torch.zeros_like(W, dtype=torch.float32) if need_gW else None
         total = torch.zeros((), dtype=torch.float32, device=dev)
         with torch.autocast(dev.type, enabled=False):
             for s in range(0, N, chunk):
                 sl = slice(s, min(s + chunk, N))
-                logits = torch.bmm(hc[:, sl], Wc.transpose(1, 2), out=scratch('head_logits', (K, sl.stop - s, V), dt, dev))  # [K,n,V]
+                logits = head_logits(hc[:, sl], Wc, out=scratch('head_logits', (K, sl.stop - s, V), dt, dev))  # [K,n,V]
                 if getattr(loss_fn, 'returns_grad', False): loss, g = loss_fn(logits, sl)  # closed form; may overwrite logits
                 else:
                     with torch.enable_grad():
@@ -289,20 +351,22 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                         loss = loss_fn(lf, sl)
                         g, = torch.autograd.grad(loss, lf)
                 g = g.to(dt)                                                  # [K,n,V]
-                gh[:, sl] = torch.bmm(g, Wc)                                  # [K,n,d]
-                if dt == gW.dtype: gW.baddbmm_(g.transpose(1, 2), hc[:, sl])  # [K,V,d], accumulated in place
+                gh[:, sl] = torch.matmul(g, Wc[0]) if Wc.shape[0] == 1 else torch.bmm(g, Wc)  # [K,n,d]
+                if not need_gW: pass                                          # frozen head: no weight gradient
+                elif Wc.shape[0] == 1: gW[0].addmm_(g.flatten(0, 1).T.float(), hc[:, sl].flatten(0, 1).float())  # [V,d]
+                elif dt == gW.dtype: gW.baddbmm_(g.transpose(1, 2), hc[:, sl])  # [K,V,d], accumulated in place
                 else:  # low-precision product into a kept buffer, then an fp32 add (a mixed-dtype add_ is ~5x slower)
                     part = torch.bmm(g.transpose(1, 2), hc[:, sl], out=scratch('head_gW', W.shape, dt, dev))
                     gW.add_(scratch('head_gW32', W.shape, torch.float32, dev).copy_(part))
                 total += loss.detach().float()
-        ctx.grads = gh.to(h.dtype), gW.to(W.dtype)  # not saved tensors: scaled in place, used once
+        ctx.grads = gh.to(h.dtype), None if gW is None else gW.to(W.dtype)  # not saved tensors: scaled in place, used once
         return total
 
     @staticmethod
     def backward(ctx, grad):
         if ctx.grads is None: raise EnsDistillError("head_loss gradients were already used; call backward once per head_loss")
         (gh, gW), ctx.grads = ctx.grads, None
-        return gh.mul_(grad), gW.mul_(grad), None, None
+        return gh.mul_(grad), None if gW is None else gW.mul_(grad), None, None
 
 # %% ../nbs/30_packed.ipynb #4117c837
 def chunk_size(K:int, # models whose logits a chunk holds (members, or members plus combined rules)
@@ -320,7 +384,8 @@ def head_loss(h:Tensor, # hidden states [K,B,T,d] or [K,N,d]
               loss_fn, # (logits [K,n,V] (fp32; head dtype if returns_grad), sl: slice of flattened tokens) -> scalar sum over the chunk
               chunk_tokens:int=None)->Tensor: # tokens per chunk (None: about 2**26 logits per chunk)
     "Sum of `loss_fn` over token chunks without materialising all logits; gradients computed chunk by chunk."
-    K, V, d = W.shape
+    W = _one_head(W)
+    K, (_, V, d) = h.shape[0], W.shape
     h = h.reshape(K, -1, d)                                                # [K,N,d]
     n = chunk_size(K, V, chunk_tokens)
     if torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):
@@ -330,7 +395,7 @@ def head_loss(h:Tensor, # hidden states [K,B,T,d] or [K,N,d]
         hc, Wc = h.to(dt), W.to(dt)
         with torch.autocast(h.device.type, enabled=False):
             first = (lambda o: o[0]) if getattr(loss_fn, 'returns_grad', False) else (lambda o: o)
-            return sum(first(loss_fn(torch.bmm(hc[:, s:s+n], Wc.transpose(1, 2)).float(), slice(s, min(s+n, h.shape[1])))).float()
+            return sum(first(loss_fn(head_logits(hc[:, s:s+n], Wc).float(), slice(s, min(s+n, h.shape[1])))).float()
                        for s in range(0, h.shape[1], n))
 
 # %% ../nbs/30_packed.ipynb #894fefc3
@@ -339,7 +404,7 @@ def head_loss(self:PackedEnsemble, h:Tensor, # hidden states [K,B,T,d] from `hid
               loss_fn, # (logits [K,n,V] (fp32; head dtype if returns_grad), sl: slice of flattened B*T tokens) -> scalar sum over the chunk
               chunk_tokens:int=None)->Tensor: # tokens per chunk (None: automatic)
     "The tied LM head fused with `loss_fn`, chunked over tokens (see `head_loss`)."
-    return head_loss(h, self.head_weight, loss_fn, chunk_tokens)
+    return head_loss(h, self.embed, loss_fn, chunk_tokens)
 
 # %% ../nbs/30_packed.ipynb #52c3932a
 def head_map(h:Tensor, # hidden states [K,B,T,d] or [K,N,d]
@@ -348,14 +413,15 @@ def head_map(h:Tensor, # hidden states [K,B,T,d] or [K,N,d]
              chunk_tokens:int=None, # tokens per chunk (None: automatic)
              dim:int=1)->Tensor: # the token axis of fn's outputs
     "Concatenation of `fn(log_softmax(logits_chunk), sl)` over token chunks (no grad)."
-    K, V, d = W.shape
+    W = _one_head(W)
+    K, (_, V, d) = h.shape[0], W.shape
     h = h.reshape(K, -1, d)
     n, N = chunk_size(K, V, chunk_tokens), h.shape[1]
     with torch.no_grad():
         dt = _head_dtype(h)
         hc, Wc = h.to(dt), W.to(dt)
         with torch.autocast(h.device.type, enabled=False):
-            return torch.cat([fn(torch.bmm(hc[:, s:s+n], Wc.transpose(1, 2)).float().log_softmax(-1), slice(s, min(s+n, N)))
+            return torch.cat([fn(head_logits(hc[:, s:s+n], Wc).float().log_softmax(-1), slice(s, min(s+n, N)))
                               for s in range(0, N, n)], dim)
 
 @patch
@@ -414,7 +480,7 @@ def member_logp_fn(ens:PackedEnsemble, # the members
     cache = []
     def f(x):
         h = ens.hidden(x, cache)[:, :, -1]                                  # [K,B,d]
-        return combine(torch.einsum('kbd,kvd->kbv', h, ens.head_weight).float().log_softmax(-1), rule, weights)  # [B,V]
+        return combine(head_logits(h, ens.head_weight).float().log_softmax(-1), rule, weights)  # [B,V]
     return f
 
 def generate(ens:PackedEnsemble, input_ids:Tensor, # prompt ids [B,T] (same length; left-pad yourself)

@@ -12,13 +12,12 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from fastcore.script import call_parse, store_true
 from .core import *
-from .packed import PackedEnsemble, decode
+from .packed import PackedEnsemble, decode, head_logits
 from .train import Plan
 
 # %% auto #0
-__all__ = ['dist_info', 'init_dist', 'member_split', 'Comm', 'shard_members', 'join_members', 'shard_plan', 'ncl_mean_fn',
-           'member_target_logprobs', 'parallel_perplexity', 'parallel_generate', 'comm_bytes_per_token', 'staged',
-           'merge_rows', 'parallel_cli']
+__all__ = ['dist_info', 'init_dist', 'member_split', 'Comm', 'shard_plan', 'ncl_mean_fn', 'member_target_logprobs',
+           'parallel_perplexity', 'parallel_generate', 'comm_bytes_per_token', 'staged', 'merge_rows', 'parallel_cli']
 
 # %% ../nbs/47_parallel.ipynb #33cb5bfb
 def dist_info()->tuple:
@@ -106,18 +105,7 @@ def report(self:Comm)->dict:
                     bytes_per_token=b / self.tokens[m] if self.tokens[m] else None) for m, b in self.bytes.items()}
 
 # %% ../nbs/47_parallel.ipynb #5d263f3d
-def shard_members(ens:PackedEnsemble, k0:int, k1:int)->PackedEnsemble:
-    "A `PackedEnsemble` holding copies of members k0..k1-1 of `ens`."
-    part = PackedEnsemble(ens.config, k1 - k0).to(ens.embed.device, ens.embed.dtype)
-    part.load_state_dict({n: t[k0:k1].clone() for n, t in ens.state_dict().items()})
-    return part
-
-def join_members(parts:list, # state dicts of consecutive blocks of members
-                 config)->PackedEnsemble: # one member's LlamaConfig
-    "One `PackedEnsemble` (on the CPU) holding the members of several state dicts, in order."
-    ens = PackedEnsemble(config, sum(len(sd['embed']) for sd in parts))
-    ens.load_state_dict({n: torch.cat([sd[n].cpu() for sd in parts]) for n in ens.state_dict()})
-    return ens
+from .packed import shard_members, join_members  # members move between packed ensembles in `packed`
 
 # %% ../nbs/47_parallel.ipynb #0b87f716
 def shard_plan(plan:Plan, k0:int, k1:int)->Plan:
@@ -169,7 +157,7 @@ def parallel_generate(ens:PackedEnsemble, # this rank's members
         raise EnsDistillError(f"parallel_generate: rule {rule!r} is not supported; use 'mean' or 'product'")
     cache, B = [], len(input_ids)
     def next_logp(x):
-        lp = torch.einsum('kbd,kvd->kbv', ens.hidden(x, cache)[:, :, -1], ens.head_weight).float().log_softmax(-1)  # [K_r,B,V]
+        lp = head_logits(ens.hidden(x, cache)[:, :, -1], ens.head_weight).float().log_softmax(-1)  # [K_r,B,V]
         s = comm.all_reduce(lp.exp().sum(0) if rule == 'mean' else lp.sum(0), 'generate', tokens=B)              # [B,V]
         return s.log() - math.log(K) if rule == 'mean' else (s / K).log_softmax(-1)
     return decode(next_logp, input_ids.to(ens.embed.device), max_new_tokens, temperature, eos_token_id, generator,

@@ -4,7 +4,8 @@
 
 # %% ../nbs/68_pipeline.ipynb #a7a1b2c4
 from __future__ import annotations
-import time
+import math, time
+import torch
 from dataclasses import replace
 import torch.distributed as dist
 from fastcore.script import call_parse
@@ -18,10 +19,11 @@ from .methods import Context, get_method, method_names
 from .compute import add_overhead, count_params, inference_flops_per_token
 from .routing import fit_routing, prefix_texts, router_flops
 from .packed import PackedEnsemble
-from .eval import evaluate, kl_capture
+from .eval import evaluate, kl_capture, token_stats
 
 # %% auto #0
-__all__ = ['prepare_run', 'prepare', 'evaluate_run', 'headline', 'run_pipeline', 'run_method', 'run_parallel']
+__all__ = ['prepare_run', 'prepare', 'evaluate_run', 'headline', 'dev_blocks', 'dev_curve_fn', 'run_pipeline', 'run_method',
+           'run_parallel']
 
 # %% ../nbs/68_pipeline.ipynb #e371dc28
 def prepare_run(cfg:RunConfig, progress:bool=True, verbose:bool=True)->dict:
@@ -89,6 +91,31 @@ def headline(res:dict)->dict:
         out.update(ood_ppl=res['ensemble'][r]['ood']['ppl'], in_domain_ppl=res['ensemble'][r]['in_domain']['ppl'])
     return out
 
+# %% ../nbs/68_pipeline.ipynb #a7d0c002
+def dev_blocks(n:int, # dev blocks in the split
+               m:int)->torch.Tensor: # blocks wanted
+    "An evenly strided subset of m of n block indices (all of them when m >= n)."
+    return torch.arange(n) if m >= n else torch.linspace(0, n - 1, m).round().long()
+
+def dev_curve_fn(ctx:Context):
+    "A `train` hook that measures every member's dev perplexity at the token counts of `cfg.dev_curve` (None: no curve)."
+    c = ctx.cfg
+    if not c.dev_curve: return None
+    tok_step = c.batch_size * c.grad_accum * c.block_size
+    at = {max(1, round(t / tok_step)) for t in c.dev_curve}
+    x = ctx.corpus.tokens('dev')
+    x = x[dev_blocks(len(x), c.dev_curve_blocks)]
+    def f(step, ens):
+        if step not in at: return None
+        dev = ens.embed.device; was = ens.training; ens.eval()
+        st = token_stats(ens, x, rules=('mean',) if ens.K > 1 else (), batch_size=c.eval_batch, amp=autocast_dtype(c.dtype, dev),
+                         skip=c.route_prefix)
+        ens.train(was)
+        out = {f'dev_ppl_m{k}': math.exp(st.get(f'member{k}', 'nll').mean().item()) for k in range(ens.K)}
+        if ens.K > 1: out['dev_ppl'] = math.exp(st.get('mean', 'nll').mean().item())
+        return out
+    return f
+
 # %% ../nbs/68_pipeline.ipynb #a7a1b2c8
 def _merge_summaries(summaries:list, K:int, rounds:bool)->dict:
     "One training summary from every rank's: FLOPs add up; seconds and steps add up for rounds, else the slowest rank's."
@@ -105,11 +132,13 @@ def _gather(ctx:Context, ens, summary:dict, rounds:bool, phases:dict)->tuple|Non
     ppl = parallel_perplexity(part.eval(), ctx.corpus.tokens('test'), comm, sizes, batch_size=cfg.eval_batch, skip=cfg.route_prefix)
     phases['parallel_ppl'] = time.time() - t
     t = time.time()
-    parts = None if rounds else comm.gather_object({n: v.detach().cpu() for n, v in ens.state_dict().items()})
+    keep = lambda n: not (n == 'embed' and ens.share_embedding)           # a shared frozen head is never communicated
+    parts = None if rounds else comm.gather_object({n: v.detach().cpu() for n, v in ens.state_dict().items() if keep(n)})
     rows, summaries, reports = (comm.gather_object(o) for o in (ctx.run.rows(), summary, comm.report()))
     phases['gather'] = time.time() - t
     if comm.rank != 0: return None
-    full = ens if rounds else join_members(parts, ens.config).to(ens.embed.device)
+    if parts and ens.share_embedding: parts[0]['embed'] = ens.embed.detach().cpu()
+    full = ens if rounds else join_members(parts, ens.config, ens.share_embedding).to(ens.embed.device)
     rows = sorted(sum(rows, []), key=lambda r: int(float(r['step']))) if rounds else merge_rows(rows, split)
     summary = _merge_summaries(summaries, cfg.K, rounds)
     par = dict(world=comm.world, backend=dist.get_backend() if dist.is_initialized() else None, members=split,
@@ -136,7 +165,7 @@ def _record(ctx:Context, run:RunDir, ens, summary:dict, prep:dict, phases:dict, 
     atomic_write(run.path/'eval.json', res)
     m = run_record(ctx.cfg, headline(res), {**summary, 'K': ens.K}, teacher_cache_flops=st['cache_flops'],
                    cache_bytes_per_token=st['bytes_per_token'], cluster_purity=st['cluster_purity'], ngram_overlap=st['ngram_overlap'],
-                   inference_flops_per_token=inference_flops_per_token(count_params(ens) // ens.K, ens.K),
+                   inference_flops_per_token=inference_flops_per_token(ens.params_per_member, ens.K),
                    **({'parallel': par} if par else {}), phases=phases, wall_s=time.time() - t0)
     run.finish(m)
     return m
@@ -158,6 +187,7 @@ def run_pipeline(cfg:RunConfig, # the run's configuration (`cfg.method` picks th
     rank_run = run if comm.world == 1 else RunDir(replace(cfg, out_dir=str(run_path(cfg)/'ranks'), run_name=f'rank{comm.rank}'),
                                                   resume=resume, overwrite=overwrite)
     ctx = Context(cfg, prep['model'], prep['tokenizer'], prep['corpus'], prep['caches'], rank_run, comm, resume, progress and lead)
+    ctx.on_step = dev_curve_fn(ctx)
     t = time.time(); ens, summary = method.fn(ctx); phases['train'] = time.time() - t
     release_memory()
     par = None

@@ -11,13 +11,21 @@ from transformers import LlamaForCausalLM
 from .core import *
 
 # %% auto #0
-__all__ = ['prune_depth', 'layer_choice', 'block_influence', 'prune_layers', 'pruned_members']
+__all__ = ['parse_cut', 'prune_depth', 'layer_choice', 'block_influence', 'prune_layers', 'width_scores', 'prune_width',
+           'pruned_members', 'member_config']
 
 # %% ../nbs/35_prune.ipynb #b5a1b2c8
+_CUT = re.compile(r'p(\d+)(?:f(\d+))?(?:g(\d+))?')
+
+def parse_cut(size:str)->dict|None:
+    "A pruned size `p<L>[f<F>][g<G>]` as dict(layers=L, ffn=F or None, groups=G or None); None for a random-init size."
+    m = _CUT.fullmatch(str(size))
+    return None if m is None else dict(layers=int(m[1]), ffn=m[2] and int(m[2]), groups=m[3] and int(m[3]))
+
 def prune_depth(size:str)->int|None:
-    "The number of teacher layers L of a pruned size `p<L>`, or None for a random-init size."
-    m = re.fullmatch(r'p(\d+)', str(size))
-    return int(m[1]) if m else None
+    "The number of teacher layers L of a pruned size `p<L>...`, or None for a random-init size."
+    cut = parse_cut(size)
+    return None if cut is None else cut['layers']
 
 def layer_choice(n:int, # the teacher's layers
                  L:int, # layers kept
@@ -60,6 +68,68 @@ def prune_layers(model, # a Llama causal LM (HF) with tied embeddings
     out.load_state_dict(new, strict=False)          # (the tied lm_head follows the embedding)
     return out.eval()
 
+# %% ../nbs/35_prune.ipynb #b5a1b2e1
+@torch.no_grad()
+def width_scores(model, # a Llama causal LM (HF)
+                 tokens:torch.Tensor, # calibration blocks [N,T]
+                 batch_size:int=8)->dict:
+    "Activation magnitudes per layer: {'ffn': [n_layers, F] mean |FFN activation|, 'heads': [n_layers, H] mean head-output norm}."
+    c, dev = model.config, next(model.parameters()).device
+    H, hd = c.num_attention_heads, getattr(c, 'head_dim', None) or c.hidden_size // c.num_attention_heads
+    n = len(model.model.layers)
+    ffn, heads, hooks, count = torch.zeros(n, c.intermediate_size), torch.zeros(n, H), [], [0]
+    def hook(i, kind):
+        def f(mod, args):
+            a = args[0].float().flatten(0, -2)                                 # [B*T, F] or [B*T, H*hd]
+            if kind == 'ffn': ffn[i] += a.abs().sum(0).cpu()
+            else: heads[i] += a.view(-1, H, hd).norm(dim=-1).sum(0).cpu()
+        return f
+    for i, layer in enumerate(model.model.layers):
+        hooks += [layer.mlp.down_proj.register_forward_pre_hook(hook(i, 'ffn')),
+                  layer.self_attn.o_proj.register_forward_pre_hook(hook(i, 'heads'))]
+    try:
+        for x in tokens.split(batch_size): model(input_ids=x.to(dev), use_cache=False); count[0] += x.numel()
+    finally:
+        for h in hooks: h.remove()
+    return dict(ffn=ffn / count[0], heads=heads / count[0])
+
+# %% ../nbs/35_prune.ipynb #b5a1b2e2
+def _top(scores:torch.Tensor, n:int)->torch.Tensor:
+    "Indices of the n largest scores, in their original order."
+    return torch.sort(torch.argsort(scores, descending=True, stable=True)[:n]).values
+
+def prune_width(model, # a Llama causal LM (HF), e.g. already cut to its layers by `prune_layers`
+                scores:dict, # `width_scores` of model's layers ('ffn' [n,F], 'heads' [n,H])
+                ffn:int|None=None, # FFN channels kept per layer (None: all)
+                groups:int|None=None)->LlamaForCausalLM: # attention groups kept per layer (None: all)
+    "A copy of `model` with the most active `ffn` FFN channels and `groups` attention groups of every layer."
+    c = model.config
+    H, Hkv, F = c.num_attention_heads, c.num_key_value_heads, c.intermediate_size
+    hd, r = getattr(c, 'head_dim', None) or c.hidden_size // H, H // Hkv
+    ffn, groups = ffn or F, groups or Hkv
+    if not (1 <= ffn <= F and 1 <= groups <= Hkv):
+        raise EnsDistillError(f"prune: cannot keep {ffn} of {F} FFN channels and {groups} of {Hkv} attention groups")
+    cfg = c.__class__.from_dict({**c.to_dict(), 'intermediate_size': ffn, 'num_attention_heads': groups * r,
+                                 'num_key_value_heads': groups, 'head_dim': hd})
+    out = LlamaForCausalLM(cfg).to(next(model.parameters()).device, next(model.parameters()).dtype)
+    sd, new = model.state_dict(), {}
+    rows = lambda heads, w: w.view(-1, hd, w.shape[-1])[heads].reshape(-1, w.shape[-1])   # keep whole heads (rows)
+    for k, v in sd.items():
+        m = re.match(r'model\.layers\.(\d+)\.(.*)\.weight', k)
+        if m is None: new[k] = v; continue
+        i, name = int(m[1]), m[2]
+        ch = _top(scores['ffn'][i], ffn)
+        g = _top(scores['heads'][i].view(Hkv, r).sum(1), groups)                    # groups by their query heads' norms
+        qh = (g[:, None] * r + torch.arange(r)).flatten()                            # the query heads of those groups
+        if name in ('mlp.gate_proj', 'mlp.up_proj'): v = v[ch]
+        elif name == 'mlp.down_proj': v = v[:, ch]
+        elif name == 'self_attn.q_proj': v = rows(qh, v)
+        elif name in ('self_attn.k_proj', 'self_attn.v_proj'): v = rows(g, v)
+        elif name == 'self_attn.o_proj': v = rows(qh, v.T).T
+        new[k] = v.contiguous()
+    out.load_state_dict(new, strict=False)          # (the tied lm_head follows the embedding)
+    return out.eval()
+
 # %% ../nbs/35_prune.ipynb #b5a1b2ce
 def pruned_members(teacher, # the teacher (HF Llama, tied head)
                    size:str, # 'p<L>'
@@ -68,7 +138,27 @@ def pruned_members(teacher, # the teacher (HF Llama, tied head)
                    calib:torch.Tensor|None=None, # calibration blocks for 'importance'
                    batch_size:int=8)->list:
     "K HF members cut from the teacher (copies): (models, the layers each keeps)."
-    n, L = teacher.config.num_hidden_layers, prune_depth(size)
+    cut, n = parse_cut(size), teacher.config.num_hidden_layers
+    if cut is None: raise EnsDistillError(f"prune: {size!r} is not a pruned size p<L>[f<F>][g<G>]")
     scores = block_influence(teacher, calib, batch_size) if how == 'importance' else None
-    layers = [layer_choice(n, L, how, k, K, scores) for k in range(K)]
-    return [prune_layers(teacher, ls) for ls in layers], layers
+    layers = [layer_choice(n, cut['layers'], how, k, K, scores) for k in range(K)]
+    ms = [prune_layers(teacher, ls) for ls in layers]
+    if cut['ffn'] or cut['groups']:                            # width: ranked on the whole teacher, kept per kept layer
+        ws = width_scores(teacher, calib, batch_size)
+        ms = [prune_width(m, {k: v[ls] for k, v in ws.items()}, cut['ffn'], cut['groups']) for m, ls in zip(ms, layers)]
+    return ms, layers
+
+# %% ../nbs/35_prune.ipynb #b5a1b2f1
+def member_config(size:str, # 'p<L>[f<F>][g<G>]' or a key of `packed.STUDENT_SIZES`
+                  teacher_config): # the teacher's LlamaConfig (its vocabulary, and the shape a cut starts from)
+    "The LlamaConfig of one member of `size`."
+    from ens_distill.packed import student_config
+    cut, c = parse_cut(size), teacher_config
+    if cut is None: return student_config(size, c.vocab_size)
+    H, Hkv = c.num_attention_heads, c.num_key_value_heads
+    hd, g = getattr(c, 'head_dim', None) or c.hidden_size // H, cut['groups'] or Hkv
+    if cut['layers'] > c.num_hidden_layers or (cut['ffn'] or 0) > c.intermediate_size or g > Hkv:
+        raise EnsDistillError(f"prune: {size!r} keeps more than the teacher has ({c.num_hidden_layers} layers, FFN "
+                              f"{c.intermediate_size}, {Hkv} attention groups)")
+    return c.__class__.from_dict({**c.to_dict(), 'num_hidden_layers': cut['layers'], 'intermediate_size': cut['ffn'] or c.intermediate_size,
+                                  'num_attention_heads': g * (H // Hkv), 'num_key_value_heads': g, 'head_dim': hd})

@@ -16,8 +16,8 @@ from .scaling import read_run
 # %% auto #0
 __all__ = ['GROUP_KEYS', 'collect_runs', 'seed_groups', 'task_names', 'leaderboard', 'format_leaderboard', 'routing_ablation',
            'diversity_ablation', 'objective_grid', 'calibration_table', 'domain_table', 'task_table', 'missing_methods',
-           'load_latency', 'win_ensemble_vs_matched', 'win_specialization', 'win_latency', 'win_conditions',
-           'render_html', 'publish', 'publish_cli']
+           'load_latency', 'win_ensemble_vs_matched', 'win_headline_pair', 'win_specialization', 'win_latency',
+           'win_conditions', 'render_html', 'publish', 'publish_cli']
 
 # %% ../nbs/80_report.ipynb #4e881a07
 def collect_runs(root='reports/runs')->pd.DataFrame:
@@ -215,6 +215,27 @@ def win_ensemble_vs_matched(lb:pd.DataFrame, min_tasks:int=2)->dict:
     if ok is None: lines.append(f'Perplexity alone is not enough: the condition needs accuracies on >= {min_tasks} tasks for both.')
     return _verdict(name, ok, ' '.join(lines))
 
+# %% ../nbs/80_report.ipynb #dac0fee0
+def win_headline_pair(lb:pd.DataFrame)->dict:
+    "Condition 0: K members of size N vs one student of about K x N non-embedding parameters at equal training FLOPs."
+    name = 'K small members beat one K x larger student at equal training FLOPs (the headline pair)'
+    if lb.empty or 'single_large' not in set(lb.method): return _verdict(name, None, 'no single_large run.')
+    sl = lb[lb.method == 'single_large'].assign(K=lambda d: d.cfg_K if 'cfg_K' in d else d.K)
+    from ens_distill.methods import method_names
+    ens = lb[lb.method.isin(method_names(ensemble=True)) & (lb.K > 1)]
+    keys = [k for k in ('K', 'size', 'objective', 'alpha', 'tau', 'tokens_per_member', 'teacher') if k in lb]
+    pairs = ens.merge(sl, on=keys, suffixes=('', '_sl'))
+    if pairs.empty: return _verdict(name, None, f"no ensemble run with the K, size and budget of a single_large run.")
+    f = lambda v: 'n/a' if pd.isna(v) else f'{v:.3g}'
+    lines, wins = [], []
+    for d in pairs.to_dict('records'):
+        wins.append(d['test_ppl_mean'] < d['test_ppl_mean_sl'])
+        lines.append(f"K={d['K']} x {d['size']} {d.get('variant', d['method'])} ppl {_pm(d['test_ppl_mean'], d['test_ppl_sd'])} vs one "
+                     f"{d.get('large_size_sl', 'larger student')} {_pm(d['test_ppl_mean_sl'], d['test_ppl_sd_sl'])}; training FLOPs "
+                     f"{f(d.get('train_flops_mean'))} vs {f(d.get('train_flops_mean_sl'))}, inference FLOPs per token "
+                     f"{f(d.get('inference_flops_per_token_mean'))} vs {f(d.get('inference_flops_per_token_mean_sl'))}.")
+    return _verdict(name, any(wins), f"the ensemble is better in {sum(wins)} of {len(wins)} pairs. " + ' '.join(lines))
+
 # %% ../nbs/80_report.ipynb #bd978384
 def win_specialization(lb:pd.DataFrame)->dict:
     "Condition 2: cbtm (cluster specialists) vs independent at equal K and size."
@@ -252,7 +273,8 @@ def win_conditions(df:pd.DataFrame, # `collect_runs` table
                    latency_tol:float=1.5)->pd.DataFrame:
     "The three win conditions, each with its verdict computed from the data and the numbers behind it."
     lb = leaderboard(df)
-    return pd.DataFrame([win_ensemble_vs_matched(lb), win_specialization(lb), win_latency(lat, latency_tol)])
+    if 'large_size' in df: lb = lb.merge(df.groupby(_keys(df))['large_size'].first().reset_index(), on=_keys(df), how='left')
+    return pd.DataFrame([win_headline_pair(lb), win_ensemble_vs_matched(lb), win_specialization(lb), win_latency(lat, latency_tol)])
 
 # %% ../nbs/80_report.ipynb #50243df7
 def _find_report_nb()->Path:

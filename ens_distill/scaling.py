@@ -83,7 +83,7 @@ def read_run(path)->dict:
     row['cfg_K'] = (cfg or {}).get('K')  # the configured K (single_matched trains one member matched to K)
     row.update(_flat_metrics(json.loads((p/'metrics.json').read_text())))
     row.update(run=p.name, path=str(p))
-    if 'params_per_member' in row: row['N'] = row['params_per_member']
+    if 'params_per_member' in row: row['N'] = row.get('nonemb_params_per_member') or row['params_per_member']  # non-embedding where recorded
     return row
 
 # %% ../nbs/70_scaling.ipynb #74250c8b

@@ -210,6 +210,7 @@ def train(ens, # a `PackedEnsemble` (K members)
           progress:bool=True, # show a progress bar
           tag:str='', # names this training's checkpoint (`ckpt{tag}`) when a method trains several times
           step_offset:int=0, # added to logged steps (rounds of one run log one increasing step axis)
+          on_step=None, # optional (steps done, ens) -> dict or None after every optimizer step; a dict joins the step's metrics row
          )->dict:
     "Train all members of `ens` on `plan` to the token budget; return a summary with compute accounting."
     device = resolve_device(cfg.device); ens.to(device); ac = autocast_dtype(cfg.dtype, device)
@@ -237,12 +238,14 @@ def train(ens, # a `PackedEnsemble` (K members)
         norms = clip_per_member(params, K, cfg.grad_clip)
         lr = sched.get_last_lr()[0]; opt.step(); sched.step()
         done = step + 1
-        if run is not None and (done % cfg.log_every == 0 or done == steps):
-            run.log(_row(done + step_offset, steps, lr, alpha, done * tok_step, stats, norms, cfg.grad_accum))
+        extra = on_step(done, ens) if on_step is not None else None            # e.g. dev perplexity at curve points
+        if run is not None and (extra or done % cfg.log_every == 0 or done == steps):
+            run.log({**_row(done + step_offset, steps, lr, alpha, done * tok_step, stats, norms, cfg.grad_accum), **(extra or {})})
         if done % max(10, cfg.log_every) == 0: release_memory()  # bounds what a page-keeping allocator holds
         if ckpt is not None and cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < steps:
             save_checkpoint(ckpt, ens, opt, sched, streams, done)
     if ckpt is not None: save_checkpoint(ckpt, ens, opt, sched, streams, steps)
-    n_par = count_params(ens) // K  # frozen parameters too: they cost compute in every forward and backward
-    return dict(steps=steps, K=K, tokens_per_member=steps * tok_step, params_per_member=n_par,
-                train_flops=train_flops(n_par, steps * tok_step, K), train_seconds=time.time() - t0)
+    n_par, fr = ens.params_per_member, ens.frozen_per_member  # a frozen head too: it costs compute in every step
+    return dict(steps=steps, K=K, tokens_per_member=steps * tok_step, params_per_member=n_par, frozen_per_member=fr,
+                nonemb_params_per_member=ens.nonemb_params_per_member, train_flops=train_flops(n_par, steps * tok_step, K, fr),
+                train_seconds=time.time() - t0)

@@ -1,5 +1,5 @@
 #!/bin/bash
-# The study (issue #8): every run, grid, sweep and task score behind reports/study/ and reports/site/, in order.
+# The first study (issue #8, the `study1` preset: the first regime, kept as its record): every run, grid, sweep and task score behind reports/study/ and reports/site/, in order.
 # usage: bash scripts/study.sh [STAGE ...]     stages: grid main grid_ens sweep tasks report (default: all; also
 #        tasks1..tasks4 one task pass each, sweep_cbtm the c-BTM sweep)
 # Each step is one papermill notebook; rerunning a step redoes it and gives the same metrics (CPU determinism:
@@ -12,10 +12,10 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_
 JE=$(ls /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2 2>/dev/null | head -1 || true)
 [ -n "$JE" ] && export LD_PRELOAD=$JE MALLOC_CONF=retain:true,dirty_decay_ms:-1,muzzy_decay_ms:-1
 mkdir -p $OUT
-pm_run() { local name=$1; shift; echo "== $name"; $BIN/papermill nbs/run_method.ipynb $OUT/$name.ipynb -k python3 -p preset study "$@"; }
+pm_run() { local name=$1; shift; echo "== $name"; $BIN/papermill nbs/run_method.ipynb $OUT/$name.ipynb -k python3 -p preset study1 "$@"; }
 
 grid() {       # alpha x tau on dev perplexity for `single`; records tau_choice.json, which every later run reuses
-  $BIN/papermill nbs/run_grid.ipynb $OUT/grid-single.ipynb -k python3 -p preset study -p method single
+  $BIN/papermill nbs/run_grid.ipynb $OUT/grid-single.ipynb -k python3 -p preset study1 -p method single
 }
 main() {       # every method, seeds 0 1 2 (the study preset's); the teacher once (nothing in it depends on the seed)
   pm_run independent -p method independent
@@ -46,18 +46,18 @@ tasks3() { tasks_pass tasks-gsm8k "[\"$OUT/teacher-K4-xs-s0\", \"$OUT/single_mat
 tasks4() { tasks_pass tasks-rest "[\"$OUT/*-K4-xs-s*\"]" "$MC"; }                   # the remaining seeds
 tasks() { tasks1; tasks2; tasks3; tasks4; }
 grid_ens() {   # alpha {0.5, 1} x tau {1, 2} for the best ensemble method (c-BTM, learned routing); keeps single's tau choice
-  $BIN/papermill nbs/run_grid.ipynb $OUT/grid-cbtm-learned.ipynb -k python3 -p preset study -p method cbtm -p record False -p alphas '[0.5, 1.0]' \
+  $BIN/papermill nbs/run_grid.ipynb $OUT/grid-cbtm-learned.ipynb -k python3 -p preset study1 -p method cbtm -p record False -p alphas '[0.5, 1.0]' \
     -y "extra: {routing: learned}"
 }
 sweep() {      # K sweep (xs) and member-size sweep (tiny, xs, s at K=4) at the study's per-member budget, seed 0.
   # `independent`, the best method whose data does not depend on K: c-BTM's clusters (and so its data fingerprint and
   # teacher cache) change with K, which costs a new teacher cache per K (sweep_cbtm, not run for the committed study).
-  $BIN/papermill nbs/run_scaling.ipynb $OUT/scaling-independent.ipynb -k python3 -p preset study -p method independent \
+  $BIN/papermill nbs/run_scaling.ipynb $OUT/scaling-independent.ipynb -k python3 -p preset study1 -p method independent \
     -p budget per_member -p also_per_member False -p seeds '[0]' -p out_dir reports/study-sweeps \
     -p pairs '[[1, "xs"], [2, "xs"], [4, "xs"], [8, "xs"], [12, "xs"], [4, "tiny"], [4, "s"]]'
 }
 sweep_cbtm() { # the same sweep for c-BTM with a learned router (about 3.5 min more per K on 2 cores for its teacher cache)
-  $BIN/papermill nbs/run_scaling.ipynb $OUT/scaling-cbtm-learned.ipynb -k python3 -p preset study -p method cbtm \
+  $BIN/papermill nbs/run_scaling.ipynb $OUT/scaling-cbtm-learned.ipynb -k python3 -p preset study1 -p method cbtm \
     -p budget per_member -p also_per_member False -p seeds '[0]' -p out_dir reports/study-sweeps \
     -p pairs '[[1, "xs"], [2, "xs"], [4, "xs"], [8, "xs"], [12, "xs"], [4, "tiny"], [4, "s"]]' -y "extra: {routing: learned}"
 }

@@ -86,7 +86,7 @@ WORKER = textwrap.dedent('''
     from ens_distill.core import get_config
     from ens_distill.runs import run_name
     from ens_distill.pipeline import run_parallel
-    from ens_distill.packed import PackedEnsemble, load_members
+    from ens_distill.packed import PackedEnsemble, load_members, shard_members
     from ens_distill.parallel import *
     out, cache = sys.argv[1], sys.argv[2]
     cfg = get_config('smoke', method='ncl', K=3, ncl_lambda=1.0, dtype='fp32', out_dir=out + '/par', cache_dir=cache)

@@ -27,10 +27,10 @@ def test_leaderboard_and_missing(tmp_path):
 def test_win_conditions_follow_the_data(tmp_path):
     lat = tmp_path/'latency.json'; lat.write_text(json.dumps([dict(name='single', K=1, ms_per_token=5.), dict(name='packed', K=4, ms_per_token=6.)]))
     wc = win_conditions(_runs(tmp_path/'a'), load_latency(lat))
-    assert wc.verdict.tolist() == ['supported', 'supported', 'supported'], wc.evidence.tolist()
+    assert wc.verdict.tolist() == ['no data', 'supported', 'supported', 'supported'], wc.evidence.tolist()
     wc = win_conditions(_runs(tmp_path/'b', ens_ce=3.3, cbtm_ce=3.5), load_latency(tmp_path/'none.json'))
-    assert wc.verdict.tolist() == ['not supported', 'not supported', 'no data'], wc.evidence.tolist()
-    assert win_conditions(collect_runs(tmp_path/'empty')).verdict.tolist() == ['no data'] * 3
+    assert wc.verdict.tolist() == ['no data', 'not supported', 'not supported', 'no data'], wc.evidence.tolist()
+    assert win_conditions(collect_runs(tmp_path/'empty')).verdict.tolist() == ['no data'] * 4
 
 def _png_ok(src):
     from PIL import Image
