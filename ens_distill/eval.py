@@ -18,7 +18,8 @@ from .losses import student_buckets, teacher_buckets, forward_kl, kl_div
 # %% auto #0
 __all__ = ['STAT_FIELDS', 'TeacherAdapter', 'as_evaluable', 'brier', 'chunk_stats', 'js_div', 'member_diversity', 'TokenStats',
            'div_stride', 'token_stats', 'ece', 'adaptive_ece', 'reliability', 'block_bytes', 'summarise', 'evaluate',
-           'ensemble_gain', 'flatten_metrics', 'diversity_vs_gain', 'kl_capture', 'plot_domain_ppl', 'plot_reliability']
+           'block_sums', 'ensemble_gain', 'flatten_metrics', 'diversity_vs_gain', 'kl_capture', 'plot_domain_ppl',
+           'plot_reliability']
 
 # %% ../nbs/60_eval.ipynb #f0bbd077
 class TeacherAdapter(nn.Module):
@@ -291,6 +292,7 @@ def evaluate(ens, # PackedEnsemble, TeacherAdapter, HF causal LM or anything wit
              n_bins:int=15, # calibration bins
              div_every:int|None=None, # member diversity on every n-th token (None: `div_stride(K)`)
              skip:int=0, # leading tokens of every block that are context only (`cfg.route_prefix`): not scored
+             docs=None, # document of each block [N] (e.g. of its first scored token): saved for paired bootstraps
              progress:bool=False)->dict:
     "Token-level metrics of an ensemble, its rules and members, per domain and overall (nested dict)."
     ens = as_evaluable(ens)
@@ -311,7 +313,17 @@ def evaluate(ens, # PackedEnsemble, TeacherAdapter, HF causal LM or anything wit
                meta=dict(K=ts.K, n_blocks=len(tokens), block_size=tokens.shape[1], skip=skip, rules=ens_names, div_every=ts.div_every,
                          holdout_domains=list(holdout_domains), has_kl=ts.has_kl))
     res['gain'] = ensemble_gain(res)
+    res['blocks'] = block_sums(ts, len(tokens), docs, domains)
     return res
+
+# %% ../nbs/60_eval.ipynb #5e0b1c02
+def block_sums(ts:TokenStats, n_blocks:int, docs=None, domains=None)->dict:
+    "Per-block token counts and each model's summed NLL and top-1 correct count (lists, for JSON)."
+    b = ts.block.long()
+    add = lambda v: torch.zeros(n_blocks, dtype=torch.float64).index_add_(0, b, v.double()).tolist()
+    return dict(n=torch.bincount(b, minlength=n_blocks).tolist(), doc=None if docs is None else [int(d) for d in docs],
+                domain=None if domains is None else list(domains),
+                nll={m: add(ts.get(m, 'nll')) for m in ts.names}, correct={m: add(ts.get(m, 'correct')) for m in ts.names})
 
 # %% ../nbs/60_eval.ipynb #f8477542
 def ensemble_gain(res:dict)->dict:

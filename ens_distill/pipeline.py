@@ -71,7 +71,8 @@ def evaluate_run(ctx:Context, ens:PackedEnsemble, router=None)->dict:
     w = None if router is None else router.weights(prefix_texts(ctx, 'test'))   # each block routed on its own prefix
     res = evaluate(ens, ctx.corpus.tokens('test'), ctx.corpus.block_domains('test'), cache=ctx.caches['test'],
                    tokenizer=ctx.tokenizer, rules=('mean', 'product'), router_weights=w, batch_size=c.eval_batch,
-                   holdout_domains=c.holdout_domains, amp=autocast_dtype(c.dtype, dev), skip=c.route_prefix)
+                   holdout_domains=c.holdout_domains, amp=autocast_dtype(c.dtype, dev), skip=c.route_prefix,
+                   docs=ctx.corpus.doc_idx('test')[:, c.route_prefix + 1])
     res['meta']['headline_rule'] = 'weighted' if w is not None else c.combine
     res['meta']['kl_capture'] = kl_capture(ens, ctx.teacher, ctx.corpus.tokens('test'), c.topk, 'product' if c.combine == 'product' else 'mean',
                                            skip=c.route_prefix)   # the cache's honesty figure (the mixture for routed runs)
