@@ -182,8 +182,13 @@ def token_stats(ens, # PackedEnsemble, TeacherAdapter, HF causal LM or anything 
                 tid = ids[:, skip:-1].reshape(len(y), -1).to(h.device)
                 tb = teacher_buckets(logp[:, skip:-1].reshape(len(y), -1), tail[:, skip:-1].reshape(-1)).to(h.device)
             def fn(lp, sl):
-                L = _models_logp(lp, rules, temps, None if w is None else w[:, sl])
-                st = chunk_stats(L, y[sl], None if tid is None else tid[sl], None if tb is None else tb[sl])
+                if K == 1:   # one member: every rule is the member itself, so its statistics are computed once
+                    L = _models_logp(lp, (), temps, None)
+                    st = chunk_stats(L, y[sl], None if tid is None else tid[sl], None if tb is None else tb[sl])
+                    st = st[:, [0] * (1 + len(rules)) + list(range(1, 1 + len(temps)))]
+                else:
+                    L = _models_logp(lp, rules, temps, None if w is None else w[:, sl])
+                    st = chunk_stats(L, y[sl], None if tid is None else tid[sl], None if tb is None else tb[sl])
                 div = torch.full((2, lp.shape[1]), float('nan'), device=lp.device)
                 sel = (torch.arange(sl.start, sl.stop, device=lp.device) % every) == 0   # positions in the batch's tokens
                 if sel.any(): div[:, sel] = member_diversity(lp[:, sel])

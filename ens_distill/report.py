@@ -12,12 +12,13 @@ from fastcore.script import call_parse
 from .core import *
 from .runs import seed_stats, variant_of
 from .scaling import read_run
+from .stats import paired_bootstrap, verdict
 
 # %% auto #0
 __all__ = ['GROUP_KEYS', 'collect_runs', 'seed_groups', 'task_names', 'leaderboard', 'format_leaderboard', 'routing_ablation',
            'diversity_ablation', 'objective_grid', 'calibration_table', 'domain_table', 'task_table', 'missing_methods',
-           'load_latency', 'win_ensemble_vs_matched', 'win_headline_pair', 'win_specialization', 'win_latency',
-           'win_conditions', 'render_html', 'publish', 'publish_cli']
+           'load_latency', 'paired_ce', 'win_ensemble_vs_matched', 'win_headline_pair', 'win_specialization',
+           'win_latency', 'win_conditions', 'render_html', 'publish', 'publish_cli']
 
 # %% ../nbs/80_report.ipynb #4e881a07
 def collect_runs(root='reports/runs')->pd.DataFrame:
@@ -183,7 +184,54 @@ def _compute(d:dict, sfx:str)->str:
     return (f"; training tokens {d['total_tokens_mean']:.3g} vs {d[f'total_tokens_mean{sfx}']:.3g}, "
             f"FLOPs {d['train_flops_mean']:.3g} vs {d[f'train_flops_mean{sfx}']:.3g}")
 
-def _verdict(name, ok, text): return dict(condition=name, verdict='no data' if ok is None else 'supported' if ok else 'not supported', evidence=text)
+def _verdict(name, ok, text): return dict(condition=name, verdict='no data' if ok is None else ok if isinstance(ok, str) else 'supported' if ok else 'not supported', evidence=text)
+
+def _seeds_of(df:pd.DataFrame, row:dict)->pd.DataFrame:
+    "The runs (one per seed) of the leaderboard entry `row`."
+    m = np.ones(len(df), bool)
+    for k in _keys(df):
+        if row.get(k, None) is None: continue                           # a key the entry does not fix (e.g. K of single_large)
+        v = row[k]
+        m &= df[k].isna().values if pd.isna(v) else (df[k] == v).values
+    return df[m]
+
+def _blocks(path)->dict|None:
+    "(per-block NLL of the headline rule, tokens, documents) of a finished run's eval.json; None without per-block data."
+    f = Path(path)/'eval.json'
+    if not f.exists(): return None
+    e = json.loads(f.read_text()); b = e.get('blocks')
+    if not b: return None
+    rule = e['meta'].get('headline_rule', 'mean')
+    nll = b['nll'].get(rule) or b['nll'].get('member0')
+    return dict(nll=np.asarray(nll), n=np.asarray(b['n'], float), doc=np.asarray(b['doc'] if b.get('doc') else range(len(b['n']))))
+
+def paired_ce(df:pd.DataFrame, a:dict, b:dict, n_boot:int=2000)->dict|None:
+    "Test CE difference (nats/token) of leaderboard entries a - b: paired bootstrap over test documents and seeds (None without per-block data)."
+    A, B = _seeds_of(df, a), _seeds_of(df, b)
+    pa = {int(r.seed): _blocks(r.path) for r in A.itertuples()} if 'seed' in A else {}
+    pb = {int(r.seed): _blocks(r.path) for r in B.itertuples()} if 'seed' in B else {}
+    if len(pb) == 1 and len(pa) > 1: pb = {s: next(iter(pb.values())) for s in pa}   # a seedless reference (e.g. the teacher) pairs with every seed
+    seeds = sorted(s for s in pa if s in pb and pa[s] is not None and pb[s] is not None)
+    if not seeds or any(len(pa[s]['n']) != len(pb[s]['n']) or not np.array_equal(pa[s]['n'], pb[s]['n']) for s in seeds): return None
+    r = paired_bootstrap(np.stack([pa[s]['nll'] for s in seeds]), np.stack([pb[s]['nll'] for s in seeds]), pa[seeds[0]]['n'],
+                         pa[seeds[0]]['doc'], n_boot=n_boot)
+    return {**r, 'verdict': verdict(r, 'lower')}
+
+def _other(d:dict, sfx:str, keys)->dict:
+    "The leaderboard entry on the right of a merged pair row (its columns carry `sfx`); K left free (single students run K=1)."
+    return {**{k: d[k] for k in keys}, **{k[:-len(sfx)]: v for k, v in d.items() if k.endswith(sfx)}, 'K': None}
+
+def _aggregate(vs:list)->str:
+    "One verdict from several pairs: supported when some pair is and none contradicts it, contradicted the other way round, else inconclusive."
+    if 'supported' in vs and 'contradicted' not in vs: return 'supported'
+    if 'contradicted' in vs and 'supported' not in vs: return 'contradicted'
+    return 'inconclusive'
+
+def _ci_text(r:dict|None)->str:
+    "'; CE difference -0.012 nats [-0.020, -0.004] over 3 seeds, 61 documents: supported' (or why there is none)."
+    if r is None: return '; no per-block test data for a paired CI (runs before issue #17): inconclusive'
+    return (f"; CE difference {r['diff']:+.4f} nats/token, 95% CI [{r['lo']:+.4f}, {r['hi']:+.4f}] over {r['n_seeds']} seed(s) and "
+            f"{r['n_groups']} test documents: {r['verdict']}")
 
 def _pairs(lb, a, b, on=('K', 'size')):
     "Rows of method a joined with the best row of method b at the same `on` keys."
@@ -191,7 +239,7 @@ def _pairs(lb, a, b, on=('K', 'size')):
     return A.merge(B, on=list(on), suffixes=('', '_b'))
 
 # %% ../nbs/80_report.ipynb #dac0fede
-def win_ensemble_vs_matched(lb:pd.DataFrame, min_tasks:int=2)->dict:
+def win_ensemble_vs_matched(lb:pd.DataFrame, min_tasks:int=2, df:pd.DataFrame|None=None)->dict:
     "Condition 1: best K-member ensemble vs the single student matched to its training compute."
     name = 'ensemble of K small members >= compute-matched single student (perplexity and >= 2 tasks)'
     if lb.empty or 'single_matched' not in set(lb.method): return _verdict(name, None, 'no single_matched run.')
@@ -203,20 +251,23 @@ def win_ensemble_vs_matched(lb:pd.DataFrame, min_tasks:int=2)->dict:
     tasks = [c[:-5] for c in lb.columns if c.startswith('acc_') and c.endswith('_mean')]
     oks, lines = [], []
     for _, r in pairs.iterrows():
-        d = r.to_dict(); ppl_win = d['test_ppl_mean'] <= d['test_ppl_mean_sm']
+        d = r.to_dict()
+        ci = None if df is None else paired_ce(df, d, _other(d, '_sm', ['size']))
+        ce_v = ci['verdict'] if ci else 'inconclusive' if df is not None else 'supported' if d['test_ppl_mean'] < d['test_ppl_mean_sm'] else 'contradicted'
         both = [t for t in tasks if not pd.isna(d.get(f'{t}_mean')) and not pd.isna(d.get(f'{t}_mean_sm'))]
-        tw = [t[4:] for t in both if d[f'{t}_mean'] >= d[f'{t}_mean_sm']]
-        oks.append(None if ppl_win and len(both) < min_tasks else ppl_win and len(tw) >= min_tasks)
+        tw = [t[4:] for t in both if d[f'{t}_mean'] > d[f'{t}_mean_sm']]                  # ties are ties, not wins
+        oks.append('contradicted' if ce_v == 'contradicted' else 'supported' if ce_v == 'supported' and len(tw) >= min_tasks else 'inconclusive')
         setting = ' '.join(f'{k}={d[k]}' for k in ('objective', 'alpha', 'tau', 'routing') if k in d and lb[k].nunique() > 1 and (k != 'routing' or d['method'] == 'cbtm'))
         lines.append(f"K={d['K']} {d['size']}: {d.get('variant', d['method'])}{' (' + setting + ')' if setting else ''} ppl {_pm(d['test_ppl_mean'], d['test_ppl_sd'])} vs single_matched "
-                     f"{_pm(d['test_ppl_mean_sm'], d['test_ppl_sd_sm'])} ({'lower' if ppl_win else 'higher'}{_compute(d, '_sm')}); ahead on {len(tw)} of {len(both)} tasks"
+                     f"{_pm(d['test_ppl_mean_sm'], d['test_ppl_sd_sm'])}{_ci_text(ci) if df is not None else ''}{_compute(d, '_sm')}; ahead on {len(tw)} of {len(both)} tasks"
                      f"{' (' + ', '.join(tw) + ')' if tw else ''}.")
-    ok = True if any(o is True for o in oks) else None if any(o is None for o in oks) else False
-    if ok is None: lines.append(f'Perplexity alone is not enough: the condition needs accuracies on >= {min_tasks} tasks for both.')
+    ok = _aggregate(oks)
+    if ok == 'inconclusive' and any(len([t for t in tasks if not pd.isna(d.get(f'{t}_mean'))]) < min_tasks for d in pairs.to_dict('records')):
+        lines.append(f'Perplexity alone is not enough: the condition needs accuracies on >= {min_tasks} tasks for both.')
     return _verdict(name, ok, ' '.join(lines))
 
 # %% ../nbs/80_report.ipynb #dac0fee0
-def win_headline_pair(lb:pd.DataFrame)->dict:
+def win_headline_pair(lb:pd.DataFrame, df:pd.DataFrame|None=None)->dict: # leaderboard; the runs (per-seed paths) for CIs
     "Condition 0: K members of size N vs one student of about K x N non-embedding parameters at equal training FLOPs."
     name = 'K small members beat one K x larger student at equal training FLOPs (the headline pair)'
     if lb.empty or 'single_large' not in set(lb.method): return _verdict(name, None, 'no single_large run.')
@@ -227,26 +278,30 @@ def win_headline_pair(lb:pd.DataFrame)->dict:
     pairs = ens.merge(sl, on=keys, suffixes=('', '_sl'))
     if pairs.empty: return _verdict(name, None, f"no ensemble run with the K, size and budget of a single_large run.")
     f = lambda v: 'n/a' if pd.isna(v) else f'{v:.3g}'
-    lines, wins = [], []
+    lines, vs = [], []
     for d in pairs.to_dict('records'):
-        wins.append(d['test_ppl_mean'] < d['test_ppl_mean_sl'])
+        ci = None if df is None else paired_ce(df, d, _other(d, '_sl', keys))
+        vs.append(ci['verdict'] if ci else 'inconclusive')
         lines.append(f"K={d['K']} x {d['size']} {d.get('variant', d['method'])} ppl {_pm(d['test_ppl_mean'], d['test_ppl_sd'])} vs one "
-                     f"{d.get('large_size_sl', 'larger student')} {_pm(d['test_ppl_mean_sl'], d['test_ppl_sd_sl'])}; training FLOPs "
+                     f"{d.get('large_size_sl', 'larger student')} {_pm(d['test_ppl_mean_sl'], d['test_ppl_sd_sl'])}{_ci_text(ci)}; training FLOPs "
                      f"{f(d.get('train_flops_mean'))} vs {f(d.get('train_flops_mean_sl'))}, inference FLOPs per token "
                      f"{f(d.get('inference_flops_per_token_mean'))} vs {f(d.get('inference_flops_per_token_mean_sl'))}.")
-    return _verdict(name, any(wins), f"the ensemble is better in {sum(wins)} of {len(wins)} pairs. " + ' '.join(lines))
+    return _verdict(name, _aggregate(vs), f"{vs.count('supported')} of {len(vs)} pairs favour the ensemble with a 95% CI excluding 0. " + ' '.join(lines))
 
 # %% ../nbs/80_report.ipynb #bd978384
-def win_specialization(lb:pd.DataFrame)->dict:
+def win_specialization(lb:pd.DataFrame, df:pd.DataFrame|None=None)->dict:
     "Condition 2: cbtm (cluster specialists) vs independent at equal K and size."
     name = 'specialization (cbtm) beats non-specialized members (independent) at the same size'
     if lb.empty: return _verdict(name, None, 'no runs.')
-    p = _pairs(lb, 'cbtm', 'independent', on=[k for k in ('K', 'size', 'objective', 'alpha', 'tau', 'tokens_per_member', 'teacher') if k in lb])
+    on = [k for k in ('K', 'size', 'objective', 'alpha', 'tau', 'tokens_per_member', 'teacher') if k in lb]
+    p = _pairs(lb, 'cbtm', 'independent', on=on)
     if p.empty: return _verdict(name, None, 'no K and member size (same objective and budget) with both a cbtm and an independent run.')
-    wins = p.test_ppl_mean < p.test_ppl_mean_b
+    cis = [None if df is None else paired_ce(df, d, {**_other(d, '_b', on), 'K': d['K']}) for d in p.to_dict('records')]
+    vs = [c['verdict'] if c else ('inconclusive' if df is not None else 'supported' if d['test_ppl_mean'] < d['test_ppl_mean_b'] else 'contradicted')
+          for c, d in zip(cis, p.to_dict('records'))]
     lines = [f"K={d['K']} {d['size']} {d.get('variant', 'cbtm')} ppl {_pm(d['test_ppl_mean'], d['test_ppl_sd'])} vs independent {_pm(d['test_ppl_mean_b'], d['test_ppl_sd_b'])}"
-             f"{_compute(d, '_b')}." for d in p.to_dict('records')]
-    return _verdict(name, bool(wins.mean() > .5), f"cbtm is better in {int(wins.sum())} of {len(p)} comparisons. " + ' '.join(lines))
+             f"{_ci_text(c) if df is not None else ''}{_compute(d, '_b')}." for c, d in zip(cis, p.to_dict('records'))]
+    return _verdict(name, _aggregate(vs), f"cbtm is better with a 95% CI excluding 0 in {vs.count('supported')} of {len(p)} comparisons. " + ' '.join(lines))
 
 # %% ../nbs/80_report.ipynb #1ce0f8b5
 def win_latency(lat:pd.DataFrame, latency_tol:float=1.5)->dict:
@@ -274,7 +329,7 @@ def win_conditions(df:pd.DataFrame, # `collect_runs` table
     "The three win conditions, each with its verdict computed from the data and the numbers behind it."
     lb = leaderboard(df)
     if 'large_size' in df: lb = lb.merge(df.groupby(_keys(df))['large_size'].first().reset_index(), on=_keys(df), how='left')
-    return pd.DataFrame([win_headline_pair(lb), win_ensemble_vs_matched(lb), win_specialization(lb), win_latency(lat, latency_tol)])
+    return pd.DataFrame([win_headline_pair(lb, df), win_ensemble_vs_matched(lb, df=df), win_specialization(lb, df), win_latency(lat, latency_tol)])
 
 # %% ../nbs/80_report.ipynb #50243df7
 def _find_report_nb()->Path:

@@ -1,11 +1,12 @@
 """Recovery curves of members pruned from the teacher (issue #15), on the `study` preset's corpus.
 
-usage: python scripts/recovery.py [STAGE ...]     stages: cuts long sizes table (default: all, in that order)
+usage: python scripts/recovery.py [STAGE ...]     stages: cuts refs long sizes table (default: all, in that order)
 
 - cuts:  depth, width and mixed cuts of about the same non-embedding parameters as `p4` (14.2M), and `p4` with
          importance-ranked layers or a frozen shared head, each trained as one `single` student for 200k tokens;
 - long:  `p4` (the study's member size) for 2M tokens: the budget question and the issue's p4 goal;
 - sizes: `p2` and `p8` for 500k tokens (with `p4` from `long`: the sizes' curves);
+- refs:  the frozen teacher and the unigram and bigram floors on the study's test split (reports/study2);
 - table: teacher and bigram on the same dev blocks, then `reports/recovery/recovery.{csv,md,png}`.
 
 Every run is an ordinary `run_method` run (dev perplexity logged at the `dev_curve` points, then the full test
@@ -55,6 +56,15 @@ def run_stage(stage:str):
         print(f'== {cfg.run_name}', flush=True); t = time.time()
         m = run_method(cfg, resume=(run_path(cfg)/'metrics.csv').exists(), progress=False)
         print(f"   test ppl {m['test_ppl']:.2f} in {time.time() - t:.0f} s", flush=True)
+
+
+def run_refs():
+    "The study's reference points on its test split: the frozen teacher and the count floors (reports/study2, seed 0)."
+    for method in ('bigram', 'unigram', 'teacher'):
+        cfg = get_config('study', method=method, K=1, seeds=[0])
+        if is_finished(run_path(cfg)): print(f'== {run_path(cfg)}: finished, skipped'); continue
+        m = run_method(cfg, progress=False)
+        print(f"== {method}: test ppl {m['test_ppl']:.2f}, training domains {m.get('in_domain_ppl', float('nan')):.2f}", flush=True)
 
 
 def references(cfg:RunConfig)->dict:
@@ -120,5 +130,5 @@ def table():
 
 
 if __name__ == '__main__':
-    for s in sys.argv[1:] or ['cuts', 'long', 'sizes', 'table']:
-        table() if s == 'table' else run_stage(s)
+    for s in sys.argv[1:] or ['cuts', 'refs', 'long', 'sizes', 'table']:
+        table() if s == 'table' else run_refs() if s == 'refs' else run_stage(s)

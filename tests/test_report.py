@@ -29,7 +29,7 @@ def test_win_conditions_follow_the_data(tmp_path):
     wc = win_conditions(_runs(tmp_path/'a'), load_latency(lat))
     assert wc.verdict.tolist() == ['no data', 'supported', 'supported', 'supported'], wc.evidence.tolist()
     wc = win_conditions(_runs(tmp_path/'b', ens_ce=3.3, cbtm_ce=3.5), load_latency(tmp_path/'none.json'))
-    assert wc.verdict.tolist() == ['no data', 'not supported', 'not supported', 'no data'], wc.evidence.tolist()
+    assert wc.verdict.tolist() == ['no data', 'contradicted', 'contradicted', 'no data'], wc.evidence.tolist()   # CIs exclude 0 the other way
     assert win_conditions(collect_runs(tmp_path/'empty')).verdict.tolist() == ['no data'] * 4
 
 def _png_ok(src):
