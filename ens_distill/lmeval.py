@@ -477,11 +477,16 @@ def _pop_flag(argv:list, flag:str):
         if a.startswith(flag + '='): del argv[i]; return a.split('=', 1)[1]
     return None
 
+def _cpu_unless_gpu(argv:list)->list:
+    "`argv` with `--device cpu` added when it names no device and no GPU is visible (lm-eval defaults to cuda:0)."
+    if torch.cuda.is_available() or any(a == '--device' or a.startswith('--device=') for a in argv): return argv
+    return argv + ['--device', 'cpu'] if argv and argv[0] == 'run' else argv
+
 def main(argv:list=None):
     "Console entry `ens-distill-eval`: lm-eval's CLI with the `ens_distill` model and the local `ed_*` tasks."
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _cpu_unless_gpu(list(sys.argv[1:] if argv is None else argv))
     dd = _pop_flag(argv, '--data_dir')
     if dd or any(a.startswith('--tasks') or a == '-t' for a in argv):
         os.environ['ENS_DISTILL_DATA'] = str(resolve_data_dir(dd))
