@@ -15,10 +15,10 @@ from .scaling import read_run
 from .stats import paired_bootstrap, verdict
 
 # %% auto #0
-__all__ = ['GROUP_KEYS', 'collect_runs', 'seed_groups', 'task_names', 'leaderboard', 'format_leaderboard', 'routing_ablation',
-           'diversity_ablation', 'objective_grid', 'calibration_table', 'domain_table', 'task_table', 'missing_methods',
-           'load_latency', 'paired_ce', 'win_ensemble_vs_matched', 'win_headline_pair', 'win_specialization',
-           'win_latency', 'win_conditions', 'render_html', 'publish', 'publish_cli']
+__all__ = ['GROUP_KEYS', 'SITE_CSS', 'collect_runs', 'seed_groups', 'task_names', 'leaderboard', 'format_leaderboard',
+           'routing_ablation', 'diversity_ablation', 'objective_grid', 'calibration_table', 'domain_table',
+           'task_table', 'missing_methods', 'load_latency', 'paired_ce', 'win_ensemble_vs_matched', 'win_headline_pair',
+           'win_specialization', 'win_latency', 'win_conditions', 'render_html', 'publish', 'publish_cli']
 
 # %% ../nbs/80_report.ipynb #4e881a07
 def collect_runs(root='reports/runs')->pd.DataFrame:
@@ -339,24 +339,48 @@ def _find_report_nb()->Path:
         if p.exists(): return p
     raise EnsDistillError("nbs/report.ipynb not found; run publish from the repository root or pass report_nb")
 
-def render_html(nb_path, out_path, hide_code:bool=False)->Path:
-    "Render one notebook to a self-contained HTML file (images inline, no code when `hide_code`)."
+SITE_CSS = """body{font-family:system-ui,sans-serif;max-width:72em;margin:0 auto;padding:0 1.5em 3em;line-height:1.45;color:#222}
+nav{position:sticky;top:0;background:#f6f6f6;border-bottom:1px solid #ddd;padding:.5em 1.5em;margin:0 -1.5em 1em}
+nav a{margin-right:1.2em}table{border-collapse:collapse;margin:1em 0;font-size:.9em;display:block;overflow-x:auto;max-width:100%}
+th,td{border-bottom:1px solid #e4e4e4;padding:.25em .7em;text-align:right}th{background:#fafafa}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;height:auto}pre{white-space:pre-wrap;background:#f8f8f8;padding:.6em;overflow-x:auto}
+.jp-InputArea,.jp-InputPrompt,.jp-OutputPrompt{display:none}"""
+
+def _page(title:str, body:str, depth:int=0, nav:list=())->str:
+    "One site page: a title, the nav bar (links relative to `depth` folders down) and the shared stylesheet."
+    up = '../' * depth
+    links = ''.join(f'<a href="{up}{html.escape(h)}">{html.escape(n)}</a>' for n, h in [('Index', 'index.html'), *nav])
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f'<meta name="viewport" content="width=device-width"><link rel="stylesheet" href="{up}style.css"></head>'
+            f'<body><nav>{links}</nav>{body}</body></html>')
+
+def _title(nb, default:str)->str:
+    "The first markdown heading of a notebook, else `default`."
+    for c in nb.cells:
+        if c.cell_type == 'markdown':
+            for line in c.source.splitlines():
+                if line.startswith('#'): return line.lstrip('#').strip()
+    return default
+
+def render_html(nb_path, out_path, hide_code:bool=True, depth:int=0, nav:list=())->Path:
+    "Render one notebook as a site page: no code (when `hide_code`), no stderr, images inline, the site's stylesheet and nav bar."
     import nbformat
     from nbconvert import HTMLExporter
-    ex = HTMLExporter(template_name='lab', embed_images=True, exclude_input=hide_code, exclude_input_prompt=hide_code,
-                      exclude_output_prompt=hide_code)
-    body, _ = ex.from_notebook_node(nbformat.read(str(nb_path), as_version=4))
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True); Path(out_path).write_text(body, encoding='utf-8')
+    nb = nbformat.read(str(nb_path), as_version=4)
+    for c in nb.cells:                                                     # warnings and progress bars are not results
+        if c.cell_type == 'code': c.outputs = [o for o in c.outputs if not (o.get('output_type') == 'stream' and o.get('name') == 'stderr')]
+    ex = HTMLExporter(template_name='basic', embed_images=True, exclude_input=hide_code, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = ex.from_notebook_node(nb)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(out_path).write_text(_page(_title(nb, Path(nb_path).stem), body, depth, nav), encoding='utf-8')
     return Path(out_path)
 
 # %% ../nbs/80_report.ipynb #f040d9bd
-def _index_html(entries:list, title:str)->str:
+def _index_html(entries:list, title:str, nav:list=())->str:
     "index.html: a table of links with each page's note."
     rows = '\n'.join(f'<tr><td><a href="{html.escape(h)}">{html.escape(n)}</a></td><td>{html.escape(d)}</td></tr>' for n, h, d in entries)
-    return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            '<style>body{font-family:sans-serif;max-width:60em;margin:2em auto}td{padding:.2em 1em}</style></head>'
-            f'<body><h1>{html.escape(title)}</h1><p>Generated {time.strftime("%Y-%m-%d %H:%M")}.</p>'
-            f'<table id="pages"><tr><th>page</th><th>about</th></tr>\n{rows}\n</table></body></html>')
+    return _page(title, f'<h1>{html.escape(title)}</h1><p>Generated {time.strftime("%Y-%m-%d %H:%M")}.</p>'
+                        f'<table id="pages"><tr><th>page</th><th>about</th></tr>\n{rows}\n</table>', 0, nav)
 
 def _run_note(nb_path:Path)->str:
     "A one-line note for a run notebook: its papermill parameters."
@@ -387,10 +411,12 @@ def publish(runs_dir='reports/study', # executed run notebooks (*.ipynb) and run
     if not done.exists(): raise EnsDistillError(f"{done} does not exist; call publish with execute=True first")
     if site.exists(): shutil.rmtree(site)
     entries = [('Report', 'report.html', 'leaderboard, ablations, scaling, calibration/OOD, win conditions')]
-    render_html(done, site/'report.html', hide_code=True)
+    nav = [('Report', 'report.html')]
+    site.mkdir(parents=True); (site/'style.css').write_text(SITE_CSS)
+    render_html(done, site/'report.html', nav=nav)
     for nb in sorted(runs_dir.glob('*.ipynb')):
-        render_html(nb, site/'runs'/f'{nb.stem}.html'); entries.append((nb.stem, f'runs/{nb.stem}.html', _run_note(nb)))
-    (site/'index.html').write_text(_index_html(entries, 'ens_distill report'), encoding='utf-8')
+        render_html(nb, site/'runs'/f'{nb.stem}.html', depth=1, nav=nav); entries.append((nb.stem, f'runs/{nb.stem}.html', _run_note(nb)))
+    (site/'index.html').write_text(_index_html(entries, 'ens_distill report', nav), encoding='utf-8')
     return site/'index.html'
 
 # %% ../nbs/80_report.ipynb #06a19e89
