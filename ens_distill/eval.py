@@ -13,13 +13,13 @@ from torch import nn, Tensor
 from tqdm.auto import tqdm
 from .core import *
 from .packed import combine, head_map, head_logits, chunk_size
+from .stats import ece, reliability
 from .losses import student_buckets, teacher_buckets, forward_kl, kl_div
 
 # %% auto #0
 __all__ = ['STAT_FIELDS', 'TeacherAdapter', 'as_evaluable', 'brier', 'chunk_stats', 'js_div', 'member_diversity', 'TokenStats',
-           'div_stride', 'token_stats', 'ece', 'adaptive_ece', 'reliability', 'block_bytes', 'summarise', 'evaluate',
-           'block_sums', 'ensemble_gain', 'flatten_metrics', 'diversity_vs_gain', 'kl_capture', 'plot_domain_ppl',
-           'plot_reliability']
+           'div_stride', 'token_stats', 'block_bytes', 'summarise', 'evaluate', 'block_sums', 'ensemble_gain',
+           'flatten_metrics', 'diversity_vs_gain', 'kl_capture', 'plot_domain_ppl', 'plot_reliability']
 
 # %% ../nbs/60_eval.ipynb #f0bbd077
 class TeacherAdapter(nn.Module):
@@ -198,37 +198,6 @@ def token_stats(ens, # PackedEnsemble, TeacherAdapter, HF causal LM or anything 
     return TokenStats(names, allst[:-2].reshape(len(STAT_FIELDS), len(names), -1), allst[-2:],
                       torch.cat([p[1] for p in parts]), K, cache is not None, every)
 
-# %% ../nbs/60_eval.ipynb #973f6bf5
-def _bin_index(conf:Tensor, n_bins:int)->Tensor:
-    "Equal-width bin of each confidence: bin i holds (i/n, (i+1)/n], 0 goes to bin 0."
-    return torch.bucketize(conf.float(), torch.linspace(0, 1, n_bins + 1, dtype=torch.float)[1:-1].to(conf.device))
-
-def ece(conf:Tensor, # top-1 probabilities [M]
-        correct:Tensor, # 1 where top-1 is the target [M]
-        n_bins:int=15)->float:
-    "Expected calibration error with `n_bins` equal-width confidence bins."
-    if conf.numel() == 0: return float('nan')
-    b = _bin_index(conf, n_bins)
-    cnt = torch.bincount(b, minlength=n_bins).double()
-    gap = torch.bincount(b, conf.double() - correct.double(), n_bins)         # sum of (conf - acc) per bin
-    return float(gap.abs().sum() / cnt.sum())
-
-def adaptive_ece(conf:Tensor, correct:Tensor, n_bins:int=15)->float:
-    "Equal-mass ECE: `n_bins` bins holding (nearly) equal numbers of tokens, sorted by confidence."
-    if conf.numel() == 0: return float('nan')
-    o = conf.argsort()
-    gaps = [(conf[g].double() - correct[g].double()).sum().abs() for g in torch.tensor_split(o, n_bins) if len(g)]
-    return float(sum(gaps) / conf.numel())
-
-# %% ../nbs/60_eval.ipynb #2faa239a
-def reliability(conf:Tensor, correct:Tensor, n_bins:int=15)->dict:
-    "Reliability-diagram data: per equal-width bin its edges, token count, mean confidence and accuracy."
-    b = _bin_index(conf, n_bins)
-    cnt = torch.bincount(b, minlength=n_bins).double()
-    mean = lambda v: (torch.bincount(b, v.double(), n_bins) / cnt.clamp_min(1)).tolist()
-    edges = torch.linspace(0, 1, n_bins + 1).tolist()
-    return dict(lower=edges[:-1], upper=edges[1:], count=cnt.long().tolist(), conf=mean(conf), acc=mean(correct))
-
 # %% ../nbs/60_eval.ipynb #89308ae2
 def block_bytes(tokens:Tensor, # blocks [N,T]
                 tokenizer, # the tokenizer that made them
@@ -246,9 +215,10 @@ def summarise(ts:TokenStats, # statistics of one pass
     g = lambda f: ts.get(name, f) if sel is None else ts.get(name, f)[sel]
     nll, conf, corr = g('nll').double(), g('conf'), g('correct')
     ce = float(nll.mean()) if nll.numel() else float('nan')
+    cal = ece(conf.cpu(), corr.cpu(), n_bins)
     out = dict(n_tokens=int(nll.numel()), ce=ce, ppl=math.exp(ce) if ce == ce else float('nan'), nats=float(nll.sum()),
-               acc=float(corr.double().mean()), ece=ece(conf, corr, n_bins), aece=adaptive_ece(conf, corr, n_bins),
-               brier=float(g('brier').double().mean()))
+               acc=float(corr.double().mean()), ece=cal['ece'], ece_width=ece(conf.cpu(), corr.cpu(), n_bins, mass=False)['ece'],
+               ece_informative=cal['informative'], brier=float(g('brier').double().mean()))
     if nbytes: nbytes = int(round(nbytes)); out.update(bytes=nbytes, bpb=out['nats'] / math.log(2) / nbytes)
     if ts.has_kl: out['kl'] = float(g('kl').double().mean())
     return out
@@ -273,7 +243,7 @@ def _model_report(ts, name, groups, by_domain, tok_bytes, n_bins, with_rel=False
     nb = lambda m: float(tok_bytes[m].sum()) if tok_bytes is not None else None
     out = {g: summarise(ts, name, m, nb(m), n_bins) for g, m in groups.items()}
     out['by_domain'] = {d: summarise(ts, name, m, nb(m), n_bins) for d, m in by_domain.items()}
-    if with_rel: out['reliability'] = reliability(ts.get(name, 'conf'), ts.get(name, 'correct'), n_bins)
+    if with_rel: out['reliability'] = reliability(ts.get(name, 'conf').cpu(), ts.get(name, 'correct').cpu(), n_bins)
     return out
 
 def _div_report(ts, groups, by_domain)->dict:

@@ -9,7 +9,7 @@ import numpy as np
 from .core import *
 
 # %% auto #0
-__all__ = ['VERDICTS', 'paired_bootstrap', 'verdict', 'mcnemar', 'task_compare', 'ece', 'mean_sd']
+__all__ = ['VERDICTS', 'paired_bootstrap', 'verdict', 'mcnemar', 'task_compare', 'ece', 'reliability', 'mean_sd']
 
 # %% ../nbs/07_stats.ipynb #57a70007
 def _as2d(a)->np.ndarray:
@@ -73,20 +73,30 @@ def task_compare(a, b, n_boot:int=2000, level:float=0.95, seed:int=0)->dict:
     return {**r, **mcnemar(a, b), 'verdict': verdict(r, 'higher')}
 
 # %% ../nbs/07_stats.ipynb #57a70013
+def _bins(conf:np.ndarray, bins:int, mass:bool)->list:
+    "Index arrays of the calibration bins: equal mass (sorted by confidence), or equal width (bin i holds (i/n, (i+1)/n], 0 in bin 0)."
+    if mass: return [p for p in np.array_split(np.argsort(conf, kind='stable'), min(bins, len(conf))) if len(p)]
+    b = np.searchsorted(np.linspace(0, 1, bins + 1)[1:-1], conf, side='left')
+    return [np.flatnonzero(b == i) for i in range(bins)]
+
 def ece(conf, # top-1 confidence per prediction [M]
         correct, # top-1 correctness per prediction [M] (0/1)
-        bins:int=15, # equal-mass bins
+        bins:int=15, # number of bins
+        mass:bool=True, # equal-mass bins (False: equal-width)
         min_acc:float=0.02)->dict: # below this accuracy the ECE is flagged uninformative
-    "Equal-mass expected calibration error, its bins (mean confidence, accuracy, count) and whether it is informative."
-    conf, correct = np.asarray(conf, float), np.asarray(correct, float)
-    if len(conf) == 0: raise EnsDistillError("ece: no predictions")
-    order = np.argsort(conf, kind='stable')
-    parts = [p for p in np.array_split(order, min(bins, len(conf))) if len(p)]
-    rows = [(float(conf[p].mean()), float(correct[p].mean()), len(p)) for p in parts]
-    e = sum(c * abs(m - a) for m, a, c in rows) / len(conf)
+    "Expected calibration error, its bins (mean confidence, accuracy, count; empty equal-width bins have count 0) and whether it is informative."
+    conf, correct = np.asarray(conf, float).reshape(-1), np.asarray(correct, float).reshape(-1)
+    if len(conf) == 0: return dict(ece=float('nan'), acc=float('nan'), bins=[], informative=False, note='no predictions')
+    rows = [(float(conf[p].mean()), float(correct[p].mean()), len(p)) if len(p) else (float('nan'), float('nan'), 0) for p in _bins(conf, bins, mass)]
+    e = sum(c * abs(m - a) for m, a, c in rows if c) / len(conf)
     acc = float(correct.mean())
     return dict(ece=float(e), acc=acc, bins=rows, informative=acc >= min_acc,
                 note='' if acc >= min_acc else f'accuracy {acc:.3f} < {min_acc}: ECE says nothing about calibration')
+
+def reliability(conf, correct, bins:int=15, mass:bool=True)->dict:
+    "Reliability-diagram data: per bin its token count, mean confidence and accuracy (lists)."
+    r = ece(conf, correct, bins, mass)['bins']
+    return dict(count=[c for _, _, c in r], conf=[m for m, _, _ in r], acc=[a for _, a, _ in r])
 
 # %% ../nbs/07_stats.ipynb #57a70016
 def mean_sd(values)->tuple:

@@ -70,13 +70,14 @@ def test_identical_members(setup):
     assert res['diversity']['overall']['disagreement'] == 0
 
 
-def test_ece_and_adaptive_by_hand():
+def test_ece_equal_width_and_equal_mass_by_hand():
+    from ens_distill.stats import ece, reliability
     conf = torch.tensor([.05, .1, .55, .58, .62, .95, .99, .97])
     corr = torch.tensor([0., 0., 1., 0., 1., 1., 1., 0.])
     hand = (.05 + .1 + abs(1.13 - 1) + abs(.62 - 1) + abs(2.91 - 2)) / 8
-    assert ece(conf, corr) == pytest.approx(hand)
-    assert adaptive_ece(conf, corr, 4) == pytest.approx((.15 + .13 + abs(1.57 - 2) + abs(1.96 - 1)) / 8)
-    rel = reliability(conf, corr)
+    assert ece(conf, corr, mass=False)['ece'] == pytest.approx(hand)
+    assert ece(conf, corr, 4)['ece'] == pytest.approx((.15 + .13 + abs(1.57 - 2) + abs(1.96 - 1)) / 8)
+    rel = reliability(conf, corr, mass=False)
     assert sum(rel['count']) == 8 and rel['acc'][14] == pytest.approx(2 / 3)
 
 
