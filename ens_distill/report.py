@@ -18,7 +18,8 @@ from .stats import paired_bootstrap, verdict
 __all__ = ['GROUP_KEYS', 'SITE_CSS', 'collect_runs', 'seed_groups', 'task_names', 'leaderboard', 'format_leaderboard',
            'routing_ablation', 'diversity_ablation', 'objective_grid', 'calibration_table', 'domain_table',
            'task_table', 'missing_methods', 'load_latency', 'paired_ce', 'win_ensemble_vs_matched', 'win_headline_pair',
-           'win_specialization', 'win_latency', 'win_conditions', 'render_html', 'publish', 'publish_cli']
+           'win_specialization', 'win_latency', 'win_conditions', 'entry_cis', 'plot_leaderboard', 'plot_pareto',
+           'render_html', 'publish', 'publish_cli']
 
 # %% ../nbs/80_report.ipynb #4e881a07
 def collect_runs(root='reports/runs')->pd.DataFrame:
@@ -330,6 +331,50 @@ def win_conditions(df:pd.DataFrame, # `collect_runs` table
     lb = leaderboard(df)
     if 'large_size' in df: lb = lb.merge(df.groupby(_keys(df))['large_size'].first().reset_index(), on=_keys(df), how='left')
     return pd.DataFrame([win_headline_pair(lb, df), win_ensemble_vs_matched(lb, df=df), win_specialization(lb, df), win_latency(lat, latency_tol)])
+
+# %% ../nbs/80_report.ipynb #f1a00002
+def entry_cis(df:pd.DataFrame, lb:pd.DataFrame, n_boot:int=1000)->pd.DataFrame:
+    "`lb` with ppl_lo / ppl_hi: a 95% bootstrap CI over test documents and seeds, or mean -/+ sd where runs lack per-block data."
+    lo, hi, how = [], [], []
+    for d in lb.to_dict('records'):
+        bl = [b for b in (_blocks(r.path) for r in _seeds_of(df, d).itertuples()) if b is not None] if 'path' in df else []
+        if bl and all(np.array_equal(b['n'], bl[0]['n']) for b in bl):
+            r = paired_bootstrap(np.stack([b['nll'] for b in bl]), np.zeros((len(bl), len(bl[0]['n']))), bl[0]['n'], bl[0]['doc'], n_boot=n_boot)
+            lo.append(math.exp(r['lo'])); hi.append(math.exp(r['hi'])); how.append('95% CI')
+        else:
+            sd = d.get('test_ppl_sd'); sd = 0. if sd is None or pd.isna(sd) else sd
+            lo.append(d['test_ppl_mean'] - sd); hi.append(d['test_ppl_mean'] + sd); how.append('± sd' if sd else 'one run')
+    return lb.assign(ppl_lo=lo, ppl_hi=hi, interval=how)
+
+def _label(d:dict)->str: return f"{d.get('variant', d['method'])} K={d.get('cfg_K', d['K']) if d['method'] in ('single_matched', 'single_large') else d['K']} {d.get('size', '')}"
+
+def plot_leaderboard(lc:pd.DataFrame, ax=None):
+    "Dot plot of test perplexity per entry with its interval (log axis), the bigram floor dashed."
+    import matplotlib.pyplot as plt
+    d = lc[lc.test_ppl_mean.notna()].sort_values('test_ppl_mean', ascending=False)
+    if ax is None: _, ax = plt.subplots(figsize=(7, .3 * len(d) + 1.2))
+    y = np.arange(len(d))
+    ax.errorbar(d.test_ppl_mean, y, xerr=[d.test_ppl_mean - d.ppl_lo, d.ppl_hi - d.test_ppl_mean], fmt='o', ms=4, capsize=2)
+    ax.set_yticks(y, [_label(r) for r in d.to_dict('records')], fontsize=8)
+    if 'bigram' in set(lc.method): ax.axvline(lc.loc[lc.method == 'bigram', 'test_ppl_mean'].min(), ls='--', c='grey', lw=1, label='bigram floor')
+    ax.set_xscale('log'); ax.set_xlabel('test perplexity (log scale; bars: 95% CI over documents and seeds, or ± sd)')
+    if ax.get_legend_handles_labels()[0]: ax.legend(fontsize=8)
+    return ax
+
+def plot_pareto(lc:pd.DataFrame, ax=None):
+    "Test perplexity against inference FLOPs per token: ensembles (circles) against single models (squares)."
+    import matplotlib.pyplot as plt
+    from ens_distill.methods import method_names
+    d = lc[lc.test_ppl_mean.notna() & (lc.get('inference_flops_per_token_mean', pd.Series(np.nan, index=lc.index)) > 0)]
+    if ax is None: _, ax = plt.subplots(figsize=(6, 4))
+    ens = d.method.isin(method_names(ensemble=True))
+    for sel, mk, lab in [(ens, 'o', 'ensembles'), (~ens, 's', 'single models')]:
+        g = d[sel]
+        ax.errorbar(g.inference_flops_per_token_mean, g.test_ppl_mean, yerr=[g.test_ppl_mean - g.ppl_lo, g.ppl_hi - g.test_ppl_mean], fmt=mk, ms=5, capsize=2, label=lab)
+        for r in g.to_dict('records'): ax.annotate(_label(r), (r['inference_flops_per_token_mean'], r['test_ppl_mean']), fontsize=7, xytext=(3, 3), textcoords='offset points')
+    ax.set(xscale='log', yscale='log', xlabel='inference FLOPs per token (all members, forward)', ylabel='test perplexity')
+    ax.legend(fontsize=8)
+    return ax
 
 # %% ../nbs/80_report.ipynb #50243df7
 def _find_report_nb()->Path:
