@@ -365,8 +365,11 @@ def plot_pareto(lc:pd.DataFrame, ax=None):
     "Test perplexity against inference FLOPs per token: ensembles (circles) against single models (squares)."
     import matplotlib.pyplot as plt
     from ens_distill.methods import method_names
-    d = lc[lc.test_ppl_mean.notna() & (lc.get('inference_flops_per_token_mean', pd.Series(np.nan, index=lc.index)) > 0)]
     if ax is None: _, ax = plt.subplots(figsize=(6, 4))
+    if 'inference_flops_per_token_mean' not in lc:
+        ax.text(.5, .5, 'no inference FLOPs recorded\n(runs before issue #15)', ha='center', va='center', transform=ax.transAxes); ax.set_axis_off()
+        return ax
+    d = lc[lc.test_ppl_mean.notna() & (lc.inference_flops_per_token_mean > 0)]
     ens = d.method.isin(method_names(ensemble=True))
     for sel, mk, lab in [(ens, 'o', 'ensembles'), (~ens, 's', 'single models')]:
         g = d[sel]
