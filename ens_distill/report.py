@@ -61,6 +61,13 @@ def _num(v, digits=3)->str:
     "`digits` significant digits, but whole numbers from 1,000 to 10 million in full (1234, not 1.23e+03)."
     return f'{v:.0f}' if 1e3 <= abs(v) < 1e7 else f'{v:.{digits}g}'
 
+def _si(v, digits=3)->str:
+    "A count for reading: 164k, 6.6T, 42.5M (n/a for a missing value)."
+    if v is None or pd.isna(v): return 'n/a'
+    for div, suf in ((1e15, 'P'), (1e12, 'T'), (1e9, 'G'), (1e6, 'M'), (1e3, 'k')):
+        if abs(v) >= div: return f'{v / div:.{digits}g}{suf}'
+    return f'{v:.{digits}g}'
+
 def _pm(m, s, digits=3)->str:
     if m is None or (isinstance(m, float) and math.isnan(m)): return ''
     return f'{_num(m, digits)} ± {_num(s, 2)}' if s and not math.isnan(s) else _num(m, digits)
@@ -74,7 +81,7 @@ def format_leaderboard(lb:pd.DataFrame)->pd.DataFrame:
     out['seeds'] = lb.n_seeds
     for k, lab in [('total_params', 'params'), ('total_tokens', 'tokens'), ('train_flops', 'FLOPs'),
                    ('overhead_flops', 'overhead FLOPs'), ('inference_flops_per_token', 'inference FLOPs/token')]:
-        if f'{k}_mean' in lb: out[lab] = lb[f'{k}_mean'].map(lambda v: 'n/a' if pd.isna(v) else f'{v:.3g}')
+        if f'{k}_mean' in lb: out[lab] = lb[f'{k}_mean'].map(_si)
     tasks = [c[4:-5] for c in lb if c.startswith('acc_') and c.endswith('_mean')]
     for k, lab in [('test_ppl', 'test ppl'), ('ece', 'ECE'), ('kl_teacher', 'KL(teacher)')] + [(f'acc_{t}', t) for t in tasks]:
         if f'{k}_mean' in lb: out[lab] = [_pm(m, s) for m, s in zip(lb[f'{k}_mean'], lb[f'{k}_sd'])]
