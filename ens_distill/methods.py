@@ -52,8 +52,10 @@ def build_members(ctx:Context, K:int, seed:int, size:str|None=None)->PackedEnsem
     size = size or ctx.cfg.size
     if prune_depth(size) is not None:
         c = ctx.cfg
-        members, _ = pruned_members(ctx.teacher, size, K, c.prune_layers, ctx.tokens[:c.calib_blocks], c.eval_batch)
-        return PackedEnsemble.from_members([m.float() for m in members], c.share_embedding).cpu()
+        members, layers = pruned_members(ctx.teacher, size, K, c.prune_layers, ctx.tokens[:c.calib_blocks], c.eval_batch)
+        ens = PackedEnsemble.from_members([m.float() for m in members], c.share_embedding).cpu()
+        ens.kept_layers = layers                                            # recorded in the run's summary
+        return ens
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         ens = PackedEnsemble(student_config(size, ctx.vocab_size), K)
@@ -68,13 +70,14 @@ def fit_plan(ctx:Context, plan:Plan, # the method's data selection and loss term
     "This rank's members (all of them in one process) trained on `plan`: (PackedEnsemble, train summary)."
     K, comm = len(plan.pools), ctx.comm
     if ens is None: ens = build_members(ctx, K, ctx.cfg.seed)
+    kept = getattr(ens, 'kept_layers', None)                              # pruned members: the teacher layers of each
     if comm.world > 1:
         k0, k1 = member_split(K, comm.world)[comm.rank]
         ens, plan = shard_members(ens, k0, k1), shard_plan(plan, k0, k1)
         if plan.ncl_lambda: plan = replace(plan, ncl_mean=ncl_mean_fn(comm, K), chunk=chunk_size(K, ctx.vocab_size))
     s = train(ens, ctx.tokens if tokens is None else tokens, cache or ctx.caches['train'], cfg or ctx.cfg, plan,
               run=ctx.run, resume=ctx.resume, progress=ctx.progress, on_step=ctx.on_step)
-    return ens, s
+    return ens, s if kept is None else {**s, 'kept_layers': kept}
 
 # %% ../nbs/50_methods.ipynb #eb86d4b7
 @dataclass

@@ -4,8 +4,9 @@ usage: python scripts/recovery.py [STAGE ...]     stages: cuts refs long sizes t
 
 - cuts:  depth, width and mixed cuts of about the same non-embedding parameters as `p4` (14.2M), and `p4` with
          importance-ranked layers or a frozen shared head, each trained as one `single` student for 200k tokens;
-- long:  `p4` (the study's member size) for 2M tokens: the budget question and the issue's p4 goal;
-- sizes: `p2` and `p8` for 500k tokens (with `p4` from `long`: the sizes' curves);
+- long:  `p4` with importance-ranked layers (better than evenly spaced ones in `cuts`) for 2M tokens: the budget
+         question and the issue's p4 goal;
+- sizes: `p2` and `p8` (importance-ranked) for 500k tokens (with `p4` from `long`: the sizes' curves);
 - refs:  the frozen teacher and the unigram and bigram floors on the study's test split (reports/study2);
 - table: teacher and bigram on the same dev blocks, then `reports/recovery/recovery.{csv,md,png}`.
 
@@ -38,8 +39,8 @@ CUTS = {  # variant: overrides (all about 14M non-embedding parameters, like p4)
 }
 STAGES = dict(
     cuts=(CUTS, 200_000, [2048, 25_000, 50_000, 100_000, 200_000]),
-    long=({'p4': dict(size='p4')}, 2_000_000, [2048, 50_000, 100_000, 200_000, 400_000, 700_000, 1_000_000, 1_500_000, 2_000_000]),
-    sizes=({'p2': dict(size='p2'), 'p8': dict(size='p8')}, 500_000, [2048, 25_000, 50_000, 100_000, 200_000, 500_000]),
+    long=({'p4-importance': dict(size='p4', prune_layers='importance')}, 2_000_000, [2048, 50_000, 100_000, 200_000, 400_000, 700_000, 1_000_000, 1_500_000, 2_000_000]),
+    sizes=({'p2-importance': dict(size='p2', prune_layers='importance'), 'p8-importance': dict(size='p8', prune_layers='importance')}, 500_000, [2048, 25_000, 50_000, 100_000, 200_000, 500_000]),
 )
 
 
