@@ -29,12 +29,12 @@ from ens_distill.prune import member_config
 from ens_distill.compute import non_embedding_params
 
 OUT = Path('reports/recovery')
-CUTS = {  # variant: overrides (all about 14M non-embedding parameters, like p4)
-    'p4': dict(size='p4'),
+CUTS = {  # variant: overrides (all about 14M non-embedding parameters, like p4); layers ranked by importance unless named
+    'p4': dict(size='p4', prune_layers='even'),
     'p4-importance': dict(size='p4', prune_layers='importance'),
-    'p4-frozen-head': dict(size='p4', share_embedding=True),
-    'p8f672g2': dict(size='p8f672g2'),
-    'p12f512g1': dict(size='p12f512g1'),
+    'p4-frozen-head': dict(size='p4', prune_layers='importance', share_embedding=True),
+    'p8f672g2': dict(size='p8f672g2', prune_layers='importance'),
+    'p12f512g1': dict(size='p12f512g1', prune_layers='importance'),
     'p30f96g1': dict(size='p30f96g1'),
 }
 STAGES = dict(
