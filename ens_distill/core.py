@@ -55,7 +55,7 @@ RANGES = dict(  # name: (low, high) inclusive
     ncl_lambda=(0., 1.), boost_q=(1e-4, 1.), bag_frac=(1e-3, 10.), cluster_in_frac=(0., 1.),
     synthetic_frac=(0., 1.), gen_temperature=(0., 10.), gen_top_p=(1e-3, 1.), gen_seed=(-1, 2**32-1), route_temp=(1e-4, 1e4), route_prefix=(0, 1<<16), calib_blocks=(1, 1<<20), teacher_ft_lr=(0., 1.), lr=(0., 10.), min_lr_frac=(0., 1.), warmup_frac=(0., 1.),
     weight_decay=(0., 10.), grad_clip=(0., 1e6), dev_frac=(0., .5), test_frac=(0., .5),
-    tokens_per_member=(0, 1<<50), max_tokens_per_domain=(0, 1<<50), eval_tokens_per_domain=(0, 1<<50),
+    tokens_per_member=(1, 1<<50), max_tokens_per_domain=(0, 1<<50), eval_tokens_per_domain=(0, 1<<50),
     eval_limit=(0, 1<<30), dev_curve_blocks=(1, 1<<30), ckpt_every=(0, 1<<40), log_every=(1, 1<<40), seed=(0, 2**32-1),
 )
 
@@ -180,6 +180,8 @@ def validate(cfg:RunConfig)->RunConfig:
         raise ConfigError(f"config key 'dev_curve': token counts must be positive integers, got {cfg.dev_curve}")
     if cfg.large_size and cfg.large_size not in STUDENT_SIZES and prune_depth(cfg.large_size) is None:
         raise ConfigError(f"config key 'large_size': {cfg.large_size!r} is not one of {list(STUDENT_SIZES)} or a pruned size p<L>[f<F>][g<G>]")
+    if cfg.size in STUDENT_SIZES and cfg.block_size > 2048:
+        raise ConfigError(f"config key 'block_size': {cfg.block_size} is beyond the 2048-token context of random-init students; lower it")
     if cfg.share_embedding and prune_depth(cfg.size) is None:
         raise ConfigError(f"config key 'share_embedding': only members cut from the teacher (size p<L>) share its embedding; size is {cfg.size!r}")
     if cfg.method == 'cbtm': cfg.n_clusters = cfg.K  # c-BTM: one member per data cluster

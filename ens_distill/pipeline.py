@@ -34,6 +34,9 @@ def prepare_run(cfg:RunConfig, progress:bool=True, verbose:bool=True)->dict:
         times[name] = time.time() - t; t = time.time()
         if verbose: print(f'{name:>12}: {times[name]:7.1f} s')
     model, tok = load_teacher(cfg.teacher, cfg.cache_dir); phase('teacher')
+    n_ctx = getattr(model.config, 'max_position_embeddings', None)
+    if n_ctx and cfg.block_size > n_ctx:
+        raise ConfigError(f"config key 'block_size': {cfg.block_size} is beyond the teacher's context of {n_ctx} tokens; lower it")
     corpus = prepare_data(cfg, tok); phase('data')
     caches = teacher_caches(cfg, corpus, model, tok, progress=progress); phase('topk cache')
     stats = dict(bytes_per_token=caches['train'].bytes_per_token, cache_flops=sum(c.flops for c in caches.values()),

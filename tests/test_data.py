@@ -219,7 +219,7 @@ def test_errors(tmp_path, tok, monkeypatch):
     with pytest.raises(EnsDistillError, match=r"unknown domain\(s\) \['x'\]"): load_documents(_cfg(tmp_path, holdout_domains=['x']))
     cfg = _cfg(tmp_path); (Path(cfg.data_dir)/'qa.jsonl.gz').unlink()
     with pytest.raises(EnsDistillError, match='file qa.jsonl.gz not found under data_dir'): prepare_data(cfg, tok)
-    with pytest.raises(EnsDistillError, match='empty corpus'): prepare_data(_cfg(tmp_path, block_size=4096), tok)
+    with pytest.raises(EnsDistillError, match='empty corpus'): prepare_data(_cfg(tmp_path, block_size=2048), tok)
     with pytest.raises(EnsDistillError, match='empty corpus'): prepare_data(_cfg(tmp_path, holdout_domains=['animals', 'numbers']), tok)
     with pytest.raises(EnsDistillError, match='n_clusters=200 exceeds'): prepare_data(_cfg(tmp_path, n_clusters=200), tok)
     bad = tmp_path/'bad.yaml'; bad.write_text('animals: [path: a\n')

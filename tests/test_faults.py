@@ -1,0 +1,49 @@
+"Bad input gives one clear line naming what to fix, before any work (issue #18). More cases join as they are fixed."
+import os, sys
+from pathlib import Path
+import pytest
+from ens_distill.core import get_config, ConfigError, EnsDistillError
+from ens_distill.teacher import tiny_tokenizer
+from ens_distill.data import prepare_data
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1'); os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+sys.path.insert(0, str(Path(__file__).parent))
+from test_data import _cfg   # the two-domain synthetic corpus
+
+
+def _one_line(excinfo, *words):
+    msg = str(excinfo.value)
+    assert '\n' not in msg and all(w in msg for w in words), msg
+
+
+@pytest.mark.parametrize('over, words', [
+    (dict(tokens_per_member=0), ["'tokens_per_member'", 'outside']),
+    (dict(size='xs', block_size=4096), ["'block_size'", '2048']),
+    (dict(size='xxl'), ["'size'", 'xxl']),
+    (dict(share_embedding=True), ["'share_embedding'"]),
+    (dict(dev_curve=[0]), ["'dev_curve'"]),
+    (dict(large_size='huge'), ["'large_size'"]),
+])
+def test_config_errors(over, words):
+    with pytest.raises(ConfigError) as e: get_config('smoke', **over)
+    _one_line(e, *words)
+
+
+def test_block_size_beyond_the_teachers_context(tmp_path):
+    from ens_distill.pipeline import prepare_run
+    from ens_distill.teacher import load_teacher
+    n_ctx = load_teacher('tiny-random')[0].config.max_position_embeddings
+    cfg = get_config('smoke', size='p1', block_size=n_ctx + 1, route_prefix=0, cache_dir=str(tmp_path/'cache'))
+    with pytest.raises(ConfigError) as e: prepare_run(cfg, progress=False, verbose=False)
+    _one_line(e, "'block_size'", 'context')
+    assert not (tmp_path/'cache'/'data').exists()                    # nothing was built
+
+
+def test_empty_domain_among_others(tmp_path):
+    from dataclasses import replace
+    from ens_distill.core import validate
+    cfg = _cfg(tmp_path); spec = Path(cfg.corpus)
+    (spec.parent/'tiny.txt').write_text('one two')
+    spec.write_text(spec.read_text() + "tiny:\n  - path: tiny.txt\n")
+    with pytest.raises(EnsDistillError) as e: prepare_data(validate(replace(cfg, domains=['animals', 'numbers', 'tiny'])), tiny_tokenizer())
+    _one_line(e, "['tiny']", 'no train block')
