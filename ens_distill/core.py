@@ -14,7 +14,8 @@ import yaml
 # %% auto #0
 __all__ = ['DOMAINS', 'COMBINE_RULES', 'CHOICES', 'RANGES', 'PRESETS', 'EnsDistillError', 'ConfigError', 'default_data_dir',
            'default_cache_dir', 'RunConfig', 'validate', 'get_config', 'from_params', 'from_yaml', 'to_yaml',
-           'seed_everything', 'release_memory', 'resolve_device', 'cpu_has_bf16', 'autocast_dtype', 'fingerprint']
+           'check_params', 'seed_everything', 'release_memory', 'resolve_device', 'cpu_has_bf16', 'autocast_dtype',
+           'fingerprint']
 
 # %% ../nbs/00_core.ipynb #afbb8354
 class EnsDistillError(RuntimeError):
@@ -233,7 +234,8 @@ def from_yaml(path)->RunConfig:
     "A `RunConfig` from a YAML file of parameters (with an optional 'preset' key)."
     path = Path(path)
     if not path.exists(): raise ConfigError(f"config file {path} does not exist")
-    d = yaml.safe_load(path.read_text()) or {}
+    try: d = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e: raise ConfigError(f"config file {path} is not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(d, dict): raise ConfigError(f"config file {path} must hold a mapping of key: value")
     return from_params(d)
 
@@ -242,6 +244,15 @@ def to_yaml(cfg:RunConfig, path=None)->str:
     s = yaml.safe_dump(asdict(cfg), sort_keys=False)
     if path is not None: Path(path).write_text(s)
     return s
+
+# %% ../nbs/00_core.ipynb #22017f31
+def check_params(injected:set, # names defined after the notebook's parameters cell (papermill's injected cell)
+                 extra=None)->None: # the notebook's `extra` parameter (a dict of other RunConfig keys)
+    "One-line errors for notebook parameters that do not exist and for an `extra` that is not a dict."
+    bad = sorted(n for n in injected if not n.startswith('_'))
+    if bad: raise ConfigError(f"unknown notebook parameter(s) {bad}; other RunConfig keys go in extra (papermill -y 'extra: {{{bad[0]}: ...}}')")
+    if extra is not None and not isinstance(extra, dict):
+        raise ConfigError(f"parameter 'extra' must map RunConfig keys to values (papermill -y 'extra: {{lr: 0.001}}'), got {extra!r}")
 
 # %% ../nbs/00_core.ipynb #a7fda976
 def seed_everything(seed:int):

@@ -522,11 +522,12 @@ def _build(cfg:RunConfig, tok, spec:dict, out:Path, fp:str):
         blocks[split]['doc_idx'] += list(r)
         blocks[split]['domain'] += [d] * len(b)
         blocks[split]['cluster'] += [int(np.bincount(c, minlength=cfg.n_clusters).argmax()) for c in dclu]
-    for split in ('train', 'test'):                                      # a domain without blocks would vanish from by_domain
+    for split in ('train', 'dev', 'test'):                               # a domain without blocks would vanish from by_domain
+        if split == 'dev' and cfg.dev_frac == 0: continue
         need = [d for d in doms if split == 'test' or d not in cfg.holdout_domains]
         empty = [d for d in need if d not in set(blocks[split]['domain'])]
-        if empty: raise EnsDistillError(f"domain(s) {empty} have no {split} block of {cfg.block_size} tokens; give them more text, "
-                                        f"lower block_size, or drop them from 'domains'")
+        if empty: raise EnsDistillError(f"domain(s) {empty} have no {split} block of {cfg.block_size} tokens; give them more text, raise "
+                                        f"{'max_tokens_per_domain' if split == 'train' else 'eval_tokens_per_domain'}, lower block_size, or drop them from 'domains'")
     _save(cfg, out, fp, doms, docs, blocks, router, time.time() - t0)
 
 # %% ../nbs/10_data.ipynb #567aa84e

@@ -101,6 +101,7 @@ def load(cls:Router, path)->Router:
     if not (path/'route.json').exists(): raise EnsDistillError(f"no router in {path} (route.json missing); rerun the routed c-BTM run")
     meta, lin = json.loads((path/'route.json').read_text()), None
     if meta['learned']:
+        if not (path/'learned.safetensors').exists(): raise EnsDistillError(f"router {path} lacks learned.safetensors; rerun the routed c-BTM run")
         sd = load_file(str(path/'learned.safetensors'))
         lin = torch.nn.Linear(sd['weight'].shape[1], sd['weight'].shape[0]).requires_grad_(False); lin.load_state_dict(sd)
     return cls(TfidfRouter.load(path), meta['temp'], lin)

@@ -229,7 +229,7 @@ class TopKCache:
         self.path = Path(path)
         man = self.path/'manifest.json'
         if not man.exists(): raise EnsDistillError(f"no top-k cache at {self.path} (manifest.json missing); build it with TopKCache.build")
-        self.manifest = json.loads(man.read_text())
+        self.manifest = _read_manifest(man)
         if not self.manifest.get('complete'): raise EnsDistillError(
             f"top-k cache {self.path} is incomplete ({len(self.manifest['shards'])} shards done); rerun the build to resume it")
         self._shards = [_open_shard(self.path, s, verify) for s in self.manifest['shards']]
@@ -302,6 +302,15 @@ def _check_tokens(tokens, V:int, k:int):
         "tokenize the data with this teacher's tokenizer")
 
 # %% ../nbs/20_teacher.ipynb #d1a2160f
+def _read_manifest(man:Path)->dict:
+    "A cache manifest, or a one-line error naming the damaged file."
+    try: d = json.loads(man.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise EnsDistillError(f"top-k cache manifest {man} is damaged (not JSON); delete {man.parent} to rebuild it") from None
+    if not isinstance(d, dict) or not {'fingerprint', 'shards', 'n_blocks'} <= set(d):
+        raise EnsDistillError(f"top-k cache manifest {man} is damaged (fields missing); delete {man.parent} to rebuild it")
+    return d
+
 def _resume_manifest(out:Path, fp:dict, base:dict)->dict:
     "The manifest to continue from: an existing one with the same fingerprint, or a fresh one."
     man = out/'manifest.json'
@@ -309,7 +318,7 @@ def _resume_manifest(out:Path, fp:dict, base:dict)->dict:
         if out.exists() and any(not p.name.startswith(('shard_', '.shard_', 'manifest', '.manifest')) for p in out.iterdir()):
             raise EnsDistillError(f"{out} exists and is not a top-k cache; pass another out_dir")
         return dict(base, fingerprint=fp, shards=[], complete=False)
-    old = json.loads(man.read_text())
+    old = _read_manifest(man)
     diff = sorted(k for k in set(fp) | set(old.get('fingerprint', {})) if old.get('fingerprint', {}).get(k) != fp.get(k))
     if diff: raise EnsDistillError(f"top-k cache {out} was built with other settings (differs in {', '.join(diff)}); "
                                    "delete that directory or pass another out_dir")

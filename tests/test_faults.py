@@ -47,3 +47,41 @@ def test_empty_domain_among_others(tmp_path):
     spec.write_text(spec.read_text() + "tiny:\n  - path: tiny.txt\n")
     with pytest.raises(EnsDistillError) as e: prepare_data(validate(replace(cfg, domains=['animals', 'numbers', 'tiny'])), tiny_tokenizer())
     _one_line(e, "['tiny']", 'no train block')
+
+
+def test_bad_yaml_config(tmp_path):
+    from ens_distill.core import from_yaml
+    (tmp_path/'c.yaml').write_text('lr: [0.1\nK: 2')
+    with pytest.raises(ConfigError) as e: from_yaml(tmp_path/'c.yaml')
+    _one_line(e, 'not valid YAML', 'c.yaml')
+
+
+def test_damaged_cache_manifest(tmp_path):
+    import torch
+    from ens_distill.teacher import TopKCache, tiny_teacher
+    tm, tok = tiny_teacher()
+    toks = torch.randint(0, len(tok), (4, 8), generator=torch.Generator().manual_seed(0))
+    TopKCache.build(tm, toks, tmp_path/'c', k=4, teacher_dtype='fp32', progress=False)
+    man = tmp_path/'c'/'manifest.json'; man.write_text(man.read_text()[:40])      # truncated
+    for f in (lambda: TopKCache(tmp_path/'c'), lambda: TopKCache.build(tm, toks, tmp_path/'c', k=4, teacher_dtype='fp32', progress=False)):
+        with pytest.raises(EnsDistillError) as e: f()
+        _one_line(e, 'manifest', 'damaged', 'delete')
+
+
+def test_router_without_its_weights(tmp_path):
+    import json
+    from ens_distill.routing import Router
+    (tmp_path/'r').mkdir(); (tmp_path/'r'/'route.json').write_text(json.dumps(dict(learned=True)))
+    with pytest.raises(EnsDistillError) as e: Router.load(tmp_path/'r')
+    _one_line(e, 'learned.safetensors')
+
+
+@pytest.mark.parametrize('params, words', [(dict(lrr=0.1), ["['lrr']", 'extra']), (dict(extra=5), ["'extra' must map"])])
+def test_notebook_parameters(tmp_path, params, words):
+    import papermill as pm
+    nb = Path(__file__).parents[1]/'nbs'/'run_method.ipynb'
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(nb), str(tmp_path/'o.ipynb'), kernel_name='python3', progress_bar=False,
+                            parameters=dict(preset='smoke', out_dir=str(tmp_path/'runs'), cache_dir=str(tmp_path/'cache'), **params))
+    assert e.value.ename == 'ConfigError' and all(w in e.value.evalue for w in words), e.value.evalue
+    assert not (tmp_path/'runs').exists() and not (tmp_path/'cache').exists()    # nothing was touched
