@@ -4,13 +4,13 @@
 
 # %% ../nbs/68_pipeline.ipynb #a7a1b2c4
 from __future__ import annotations
-import math, time
+import math, shutil, time
 import torch
 from dataclasses import replace
 import torch.distributed as dist
 from fastcore.script import call_parse
 from .core import *
-from .runs import RunDir, atomic_write, check_not_finished, run_path, run_record
+from .runs import RunDir, atomic_write, check_not_finished, is_finished, run_path, run_record, staging_path, swap_in
 from .data import prepare_data, cluster_purity
 from .teacher import load_teacher, teacher_caches
 from .parallel import (Comm, init_dist, member_split, shard_members, join_members, parallel_perplexity,
@@ -187,8 +187,13 @@ def run_pipeline(cfg:RunConfig, # the run's configuration (`cfg.method` picks th
     seed_everything(cfg.seed)
     prep = staged(lambda: prepare_run(cfg, progress=progress and lead, verbose=verbose and lead), comm)
     phases.update(prep['times'])
-    run = RunDir(cfg, resume=resume, overwrite=overwrite) if lead else None; comm.barrier()
-    rank_run = run if comm.world == 1 else RunDir(replace(cfg, out_dir=str(run_path(cfg)/'ranks'), run_name=f'rank{comm.rank}'),
+    final = run_path(cfg)
+    stage = overwrite and not resume and is_finished(final)               # a finished run is replaced only once its redo has finished
+    home = staging_path(final) if stage else final
+    if stage and lead: shutil.rmtree(home, ignore_errors=True)           # (what a failed earlier redo left)
+    comm.barrier()
+    run = RunDir(cfg, resume=resume, overwrite=overwrite and not stage, path=home) if lead else None; comm.barrier()
+    rank_run = run if comm.world == 1 else RunDir(replace(cfg, out_dir=str(home/'ranks'), run_name=f'rank{comm.rank}'),
                                                   resume=resume, overwrite=overwrite)
     ctx = Context(cfg, prep['model'], prep['tokenizer'], prep['corpus'], prep['caches'], rank_run, comm, resume, progress and lead)
     ctx.on_step = dev_curve_fn(ctx)
@@ -204,6 +209,7 @@ def run_pipeline(cfg:RunConfig, # the run's configuration (`cfg.method` picks th
         from ens_distill.lmeval import run_tasks
         m['tasks'] = run_tasks(run.path, cfg.eval_tasks, limit=cfg.eval_limit, overwrite=True, data_dir=cfg.data_dir,
                                cache_dir=cfg.cache_dir)['tasks']
+    if stage: swap_in(home, final)
     if verbose:
         extra = f" (parallel {par['parallel_test_ppl']:.2f}) | {par['world']} processes" if par else ''
         print(' | '.join(f'{k} {v:.1f}s' for k, v in phases.items()),

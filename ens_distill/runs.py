@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_runs.ipynb #d0a1b2c4
 from __future__ import annotations
-import csv, io, json, os, re
+import csv, io, json, os, re, shutil
 from pathlib import Path
 import pandas as pd
 from fastcore.basics import patch
@@ -12,7 +12,8 @@ from .core import *
 
 # %% auto #0
 __all__ = ['CACHE_KINDS', 'atomic_write', 'cache_path', 'run_variant', 'run_name', 'parse_run_name', 'entry_name', 'variant_of',
-           'run_path', 'is_finished', 'check_not_finished', 'RunDir', 'run_record', 'seed_stats']
+           'run_path', 'is_finished', 'check_not_finished', 'staging_path', 'swap_in', 'RunDir', 'run_record',
+           'seed_stats']
 
 # %% ../nbs/05_runs.ipynb #d0a1b2c8
 def atomic_write(path, # the file to (re)write
@@ -87,13 +88,28 @@ def check_not_finished(path, resume:bool=False, overwrite:bool=False):
     if is_finished(path) and not (resume or overwrite):
         raise EnsDistillError(f"run {path} already finished; pass overwrite=True to redo it or pick another run_name")
 
+# %% ../nbs/05_runs.ipynb #d0a1b2f1
+def staging_path(path)->Path:
+    "Where a redo of the finished run at `path` is written until it completes."
+    return Path(path).with_name(Path(path).name + '.new')
+
+def swap_in(new, path)->Path:
+    "Replace the run folder `path` with the completed folder `new` (the old one is removed only after the swap)."
+    new, path = Path(new), Path(path)
+    old = path.with_name(path.name + '.old')
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists(): os.rename(path, old)
+    os.rename(new, path); shutil.rmtree(old, ignore_errors=True)
+    return path
+
 # %% ../nbs/05_runs.ipynb #d0a1b2d3
 class RunDir:
     "A run's directory: resolved config, per-step metrics CSV, final metrics JSON."
     def __init__(self, cfg:RunConfig, # the run's configuration
                  resume:bool=False, # continue a run that already has files here
-                 overwrite:bool=False): # replace a finished run's metrics
-        self.cfg, self.path = cfg, run_path(cfg)
+                 overwrite:bool=False, # replace a finished run's metrics
+                 path=None): # the folder (default `run_path(cfg)`; a staging folder while a finished run is redone)
+        self.cfg, self.path = cfg, Path(path) if path is not None else run_path(cfg)
         check_not_finished(self.path, resume, overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
         if overwrite and not resume:

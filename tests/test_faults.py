@@ -85,3 +85,19 @@ def test_notebook_parameters(tmp_path, params, words):
                             parameters=dict(preset='smoke', out_dir=str(tmp_path/'runs'), cache_dir=str(tmp_path/'cache'), **params))
     assert e.value.ename == 'ConfigError' and all(w in e.value.evalue for w in words), e.value.evalue
     assert not (tmp_path/'runs').exists() and not (tmp_path/'cache').exists()    # nothing was touched
+
+
+def test_failed_redo_keeps_the_finished_run(tmp_path, monkeypatch):
+    from ens_distill.pipeline import run_method
+    from ens_distill.methods import METHODS, Method
+    from ens_distill.runs import run_path
+    cfg = get_config('smoke', out_dir=str(tmp_path/'runs'), cache_dir=str(tmp_path/'cache'), dtype='fp32', tokens_per_member=256)
+    run_method(cfg, progress=False, verbose=False)
+    d = run_path(cfg); before = {f: (d/f).read_bytes() for f in ('metrics.json', 'metrics.csv', 'config.yaml', 'eval.json')}
+    def boom(ctx): raise RuntimeError('injected failure while training')
+    monkeypatch.setitem(METHODS, 'independent', Method('independent', boom, True, True))
+    with pytest.raises(RuntimeError, match='injected'): run_method(cfg, overwrite=True, progress=False, verbose=False)
+    assert {f: (d/f).read_bytes() for f in before} == before             # the finished run is intact
+    monkeypatch.undo()
+    m = run_method(cfg, overwrite=True, progress=False, verbose=False)    # a redo that finishes replaces it
+    assert (d/'metrics.json').exists() and sorted(p.name for p in d.parent.iterdir()) == [d.name] and m['test_ppl'] > 1
