@@ -577,4 +577,5 @@ d = { 'settings': { 'branch': 'main',
                                    'ens_distill.train.make_optimizer': ('train.html#make_optimizer', 'ens_distill/train.py'),
                                    'ens_distill.train.n_steps': ('train.html#n_steps', 'ens_distill/train.py'),
                                    'ens_distill.train.save_checkpoint': ('train.html#save_checkpoint', 'ens_distill/train.py'),
-                                   'ens_distill.train.train': ('train.html#train', 'ens_distill/train.py')}}}
+                                   'ens_distill.train.train': ('train.html#train', 'ens_distill/train.py'),
+                                   'ens_distill.train.training_settings': ('train.html#training_settings', 'ens_distill/train.py')}}}

@@ -112,8 +112,9 @@ class RunDir:
         self.cfg, self.path = cfg, Path(path) if path is not None else run_path(cfg)
         check_not_finished(self.path, resume, overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
-        if overwrite and not resume:
+        if overwrite and not resume:                                     # starting again: no rows, metrics or checkpoints of before
             for f in ('metrics.csv', 'metrics.json', 'tasks.json'): (self.path/f).unlink(missing_ok=True)
+            for d in [*self.path.glob('ckpt*'), self.path/'ranks']: shutil.rmtree(d, ignore_errors=True)
         to_yaml(cfg, self.path/'config.yaml')
 
     @property

@@ -5,7 +5,7 @@
 # %% ../nbs/45_train.ipynb #c97401eb
 from __future__ import annotations
 import math, shutil, time
-from dataclasses import dataclass
+from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
 from safetensors.torch import save_file, load_file
@@ -18,8 +18,8 @@ from .losses import distill_loss, fkl_ce_grad, student_buckets, teacher_buckets,
 from .packed import scratch
 
 # %% auto #0
-__all__ = ['Plan', 'MemberStreams', 'batch_loss', 'make_optimizer', 'lr_lambda', 'clip_per_member', 'save_checkpoint',
-           'find_checkpoint', 'load_checkpoint', 'n_steps', 'train']
+__all__ = ['CKPT_SECONDS', 'Plan', 'MemberStreams', 'batch_loss', 'make_optimizer', 'lr_lambda', 'clip_per_member',
+           'save_checkpoint', 'find_checkpoint', 'load_checkpoint', 'training_settings', 'n_steps', 'train']
 
 # %% ../nbs/45_train.ipynb #69ec05d3
 @dataclass
@@ -177,6 +177,15 @@ def load_checkpoint(path, ens, opt=None, sched=None, streams=None)->dict:
     return st
 
 # %% ../nbs/45_train.ipynb #b6d286f3
+CKPT_SECONDS = 300  # with ckpt_every=0, a checkpoint every 5 minutes of training (and always at the end)
+
+_NOT_TRAINING = {'out_dir', 'run_name', 'cache_dir', 'data_dir', 'seeds', 'eval_tasks', 'eval_limit', 'eval_batch_size', 'log_every',
+                 'ckpt_every', 'device', 'dev_curve', 'dev_curve_blocks', 'combine', 'routing', 'route_temp', 'route_prefix'}
+
+def training_settings(cfg:RunConfig)->dict:
+    "The settings that change what training computes (a checkpoint records them; resuming with others is refused)."
+    return {k: v for k, v in asdict(cfg).items() if k not in _NOT_TRAINING}
+
 def n_steps(cfg:RunConfig, block_size:int)->int:
     "Optimizer steps that spend the token budget of one member."
     return max(1, math.ceil(cfg.tokens_per_member / (cfg.batch_size * cfg.grad_accum * block_size)))
@@ -220,9 +229,24 @@ def train(ens, # a `PackedEnsemble` (K members)
     opt = make_optimizer(ens, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(steps, cfg.warmup_frac, cfg.min_lr_frac))
     ckpt = run.path/f'ckpt{tag}' if run is not None else None
-    if resume and ckpt is not None and (found := find_checkpoint(ckpt)) is not None:
-        start = load_checkpoint(found, ens, opt, sched, streams)['step']; run.truncate(start + step_offset)
+    found = find_checkpoint(ckpt) if ckpt is not None else None
+    fp = training_settings(cfg)
+    if found is not None and not resume:
+        raise EnsDistillError(f"{run.path} has an unfinished run's checkpoint ({found.name}); pass resume=True to continue it "
+                              "or overwrite=True to start it again")
+    if found is not None:
+        st = torch.load(found/'state.pt', weights_only=True)
+        diff = sorted(k for k in set(fp) | set(st['extra'].get('settings', fp)) if st['extra'].get('settings', fp).get(k) != fp.get(k))
+        if diff: raise EnsDistillError(f"cannot resume {run.path}: its checkpoint was trained with other settings ({', '.join(diff)}); "
+                                       "restore them or pass overwrite=True to start again")
+        start = load_checkpoint(found, ens, opt, sched, streams)['step']
+        if start < steps: run.truncate(start + step_offset)              # rows after the checkpoint are redone
+        print(f"resuming {run.path.name}{tag} from step {start} of {steps}" + (' (training already complete)' if start >= steps else ''))
+    elif run is not None:
+        if resume: print(f"resume: {run.path.name}{tag} has no checkpoint; training from step 0")
+        run.truncate(step_offset)                                        # a fresh start keeps no rows of its own
     params, tok_step = [p for p in ens.parameters() if p.requires_grad], cfg.batch_size * cfg.grad_accum * T
+    last_ckpt = time.time()
     ens.train()
     for step in tqdm(range(start, steps), desc='train', disable=not progress, initial=start, total=steps):
         alpha = alpha_at(step, steps, cfg.alpha, cfg.alpha_schedule)
@@ -242,9 +266,10 @@ def train(ens, # a `PackedEnsemble` (K members)
         if run is not None and (extra or done % cfg.log_every == 0 or done == steps):
             run.log({**_row(done + step_offset, steps, lr, alpha, done * tok_step, stats, norms, cfg.grad_accum), **(extra or {})})
         if done % max(10, cfg.log_every) == 0: release_memory()  # bounds what a page-keeping allocator holds
-        if ckpt is not None and cfg.ckpt_every and done % cfg.ckpt_every == 0 and done < steps:
-            save_checkpoint(ckpt, ens, opt, sched, streams, done)
-    if ckpt is not None: save_checkpoint(ckpt, ens, opt, sched, streams, steps)
+        due = done % cfg.ckpt_every == 0 if cfg.ckpt_every else time.time() - last_ckpt >= CKPT_SECONDS
+        if ckpt is not None and due and done < steps:
+            save_checkpoint(ckpt, ens, opt, sched, streams, done, dict(settings=fp)); last_ckpt = time.time()
+    if ckpt is not None: save_checkpoint(ckpt, ens, opt, sched, streams, steps, dict(settings=fp))
     n_par, fr = ens.params_per_member, ens.frozen_per_member  # a frozen head too: it costs compute in every step
     return dict(steps=steps, K=K, tokens_per_member=steps * tok_step, params_per_member=n_par, frozen_per_member=fr,
                 nonemb_params_per_member=ens.nonemb_params_per_member, train_flops=train_flops(n_par, steps * tok_step, K, fr),

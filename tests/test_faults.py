@@ -101,3 +101,41 @@ def test_failed_redo_keeps_the_finished_run(tmp_path, monkeypatch):
     monkeypatch.undo()
     m = run_method(cfg, overwrite=True, progress=False, verbose=False)    # a redo that finishes replaces it
     assert (d/'metrics.json').exists() and sorted(p.name for p in d.parent.iterdir()) == [d.name] and m['test_ppl'] > 1
+
+
+def _rows(d): import csv; return [int(float(r['step'])) for r in csv.DictReader(open(d/'metrics.csv'))]
+
+
+def test_resume_says_what_it_does_and_refuses_changed_settings(tmp_path, capsys):
+    import shutil
+    from dataclasses import replace
+    from ens_distill.pipeline import run_method
+    from ens_distill.runs import run_path
+    cfg = get_config('smoke', out_dir=str(tmp_path/'runs'), cache_dir=str(tmp_path/'cache'), dtype='fp32', tokens_per_member=1024,
+                     ckpt_every=4, log_every=2)
+    run_method(cfg, progress=False, verbose=False)
+    d = run_path(cfg); full = _rows(d); assert full == sorted(set(full))           # one row per logged step
+    # a killed run: metrics.json gone, the checkpoint at step 4 of 8 kept (as after a kill at step 5)
+    import torch; from ens_distill.train import find_checkpoint
+    (d/'metrics.json').unlink()
+    with pytest.raises(EnsDistillError) as e: run_method(cfg, progress=False, verbose=False)    # a rerun without resume
+    _one_line(e, 'checkpoint', 'resume=True')
+    with pytest.raises(EnsDistillError) as e: run_method(replace(cfg, lr=5e-3), resume=True, progress=False, verbose=False)
+    _one_line(e, 'other settings', 'lr')
+    capsys.readouterr(); run_method(cfg, resume=True, progress=False, verbose=False)
+    assert 'resuming' in capsys.readouterr().out and _rows(d) == full               # no duplicated rows
+    shutil.rmtree(d/'ckpt'); (d/'metrics.json').unlink()
+    capsys.readouterr(); run_method(cfg, resume=True, progress=False, verbose=False)
+    assert 'no checkpoint; training from step 0' in capsys.readouterr().out and _rows(d) == full
+    run_method(cfg, overwrite=True, progress=False, verbose=False); assert _rows(d) == full
+
+
+def test_resumed_boosting_keeps_every_row(tmp_path):
+    from ens_distill.pipeline import run_method
+    from ens_distill.runs import run_path
+    cfg = get_config('smoke', method='boosting', out_dir=str(tmp_path/'runs'), cache_dir=str(tmp_path/'cache'), dtype='fp32',
+                     tokens_per_member=512, log_every=1)
+    run_method(cfg, progress=False, verbose=False)
+    d = run_path(cfg); full = _rows(d); (d/'metrics.json').unlink()
+    run_method(cfg, resume=True, progress=False, verbose=False)
+    assert _rows(d) == full and len(full) == 2 * 4                                   # both rounds' rows, once each
