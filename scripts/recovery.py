@@ -21,7 +21,7 @@ import numpy as np, pandas as pd
 import torch
 
 from ens_distill.core import *
-from ens_distill.runs import RunDir, is_finished, run_path
+from ens_distill.runs import RunDir, atomic_write, is_finished, run_path
 from ens_distill.pipeline import run_method, prepare_run, dev_blocks
 from ens_distill.methods import Context, CountLM, pack_teacher
 from ens_distill.eval import token_stats
