@@ -111,7 +111,7 @@ def table():
     lines = [f"Dev perplexity ({ref['dev_tokens']:,} scored tokens of {ref['dev_blocks']} dev blocks, the same for every run) "
              f"after N training tokens; teacher {ref['teacher_dev_ppl']:.2f}, bigram {ref['bigram_dev_ppl']:.1f} on the same tokens. "
              "`in-domain test` is the finished run's test perplexity on the training domains.", '',
-             '| run | size | non-emb params | tokens/s | ' + ' | '.join(f'{t/1e3:g}k' for t in wide.columns[5:]) + ' | in-domain test |',
+             '| run | size | non-emb params | tokens/s | ' + ' | '.join(f'{t/1e6:.3g}M' if t >= 1e6 else f'{t/1e3:.3g}k' for t in wide.columns[5:]) + ' | in-domain test |',
              '|---|---|---|---|' + '---|' * (len(wide.columns) - 5) + '---|']
     for _, r in wide.iterrows():
         cells = ['' if pd.isna(v) else f'{v:.1f}' for v in r.values[5:]]
