@@ -23,7 +23,7 @@ from .prune import prune_depth, parse_cut, pruned_members, member_config
 __all__ = ['METHODS', 'Context', 'build_members', 'fit_plan', 'Method', 'register', 'get_method', 'method_names', 'independent',
            'bagging', 'ncl', 'single', 'single_matched', 'size_params', 'ensemble_flops', 'flop_matched', 'large_size',
            'single_large', 'raw', 'pack_teacher', 'frozen_teacher', 'teacher_ft', 'cbtm', 'block_scores', 'boost_plan',
-           'boosting', 'synthetic', 'CountLM', 'unigram', 'bigram']
+           'boosting', 'synthetic', 'CountLM', 'count_nll', 'unigram', 'bigram']
 
 # %% ../nbs/50_methods.ipynb #20c7a0a6
 @dataclass
@@ -310,12 +310,16 @@ class CountLM:
         return np.log(p)
 
 # %% ../nbs/50_methods.ipynb #3ac94833
+def count_nll(lm:CountLM, toks:np.ndarray, # a count model; blocks [N,T]
+              skip:int, order:int)->np.ndarray: # leading context-only positions (`cfg.route_prefix`); 1 or 2
+    "Per-token NLL [N,T-1-skip] of a count model on blocks, scored on the positions every entry is scored on."
+    return -lm.logp(toks[:, skip:-1].reshape(-1), toks[:, skip+1:].reshape(-1), order).reshape(len(toks), -1)
+
 def _floor(ctx:Context, order:int):
     "Score a count model on the test split like every entry (positions after the routing prefix): (None, summary)."
     c, t0 = ctx.cfg, time.time()
     lm, toks, doms = CountLM(ctx.tokens, ctx.vocab_size), ctx.corpus.tokens('test').numpy(), ctx.corpus.block_domains('test')
-    P = c.route_prefix
-    nll = -lm.logp(toks[:, P:-1].reshape(-1), toks[:, P+1:].reshape(-1), order).reshape(len(toks), -1)   # [N,T-1-P]
+    nll = count_nll(lm, toks, c.route_prefix, order)                     # [N,T-1-P]
     ce = lambda m: float(nll[m].mean())
     dom = np.array(doms); held = np.isin(dom, c.holdout_domains)
     hl = dict(rule='count', test_ce=ce(slice(None)), test_ppl=math.exp(ce(slice(None))),

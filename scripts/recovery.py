@@ -23,7 +23,7 @@ import torch
 from ens_distill.core import *
 from ens_distill.runs import RunDir, atomic_write, is_finished, run_path
 from ens_distill.pipeline import run_method, prepare_run, dev_blocks
-from ens_distill.methods import Context, CountLM, pack_teacher
+from ens_distill.methods import Context, CountLM, count_nll, pack_teacher
 from ens_distill.eval import token_stats
 from ens_distill.prune import member_config
 from ens_distill.compute import non_embedding_params
@@ -77,10 +77,9 @@ def references(cfg:RunConfig)->dict:
     x = ctx.corpus.tokens('dev'); x = x[dev_blocks(len(x), cfg.dev_curve_blocks)]
     st = token_stats(pack_teacher(ctx).eval(), x, rules=(), batch_size=cfg.eval_batch, amp=autocast_dtype(cfg.dtype, torch.device('cpu')),
                      skip=cfg.route_prefix)
-    P, a = cfg.route_prefix, x.numpy()
-    lm = CountLM(ctx.tokens, ctx.vocab_size)
+    P = cfg.route_prefix
     ref = dict(teacher_dev_ppl=math.exp(st.get('member0', 'nll').mean().item()),
-               bigram_dev_ppl=math.exp(float(-lm.logp(a[:, P:-1].reshape(-1), a[:, P+1:].reshape(-1)).mean())),
+               bigram_dev_ppl=math.exp(float(count_nll(CountLM(ctx.tokens, ctx.vocab_size), x.numpy(), P, 2).mean())),
                dev_blocks=len(x), dev_tokens=int(x[:, P+1:].numel()))
     atomic_write(f, ref)
     return ref
