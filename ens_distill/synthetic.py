@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from .core import *
 from .runs import atomic_write, cache_path
 from .data import pack
-from .teacher import TopKCache, teacher_name
+from .teacher import TopKCache, teacher_digest
 
 # %% auto #0
 __all__ = ['generate_synthetic', 'ConcatCache', 'synthetic_data']
@@ -94,7 +94,7 @@ def synthetic_data(cfg:RunConfig, # gen_* settings, tokens_per_member, seed, top
     "Teacher-generated training blocks [M,T] for one member's budget, and their top-k cache (both cached)."
     T, gs = tokens.shape[1], cfg.seed if cfg.gen_seed < 0 else cfg.gen_seed
     n = max(1, min(len(tokens), math.ceil(cfg.tokens_per_member / T)))
-    fp = fingerprint('synthetic-v1', data_fp, teacher_name(teacher), n, T, n_prompt, gs, cfg.gen_temperature, cfg.gen_top_p)
+    fp = fingerprint('synthetic-v1', data_fp, teacher_digest(teacher), n, T, n_prompt, gs, cfg.gen_temperature, cfg.gen_top_p)
     root = cache_path(cfg.cache_dir, 'synthetic', fp); f = root/'tokens.safetensors'
     if not f.exists():
         blocks = _generate_blocks(cfg, teacher, tok, tokens, n, n_prompt, gs)

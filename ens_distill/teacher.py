@@ -20,8 +20,8 @@ from .losses import tempered_tail
 # %% auto #0
 __all__ = ['TINY_SPECIALS', 'TINY_CHAT_TEMPLATE', 'SMOLLM2_GGUF', 'TEACHERS', 'U8_STEP', 'CACHE_DTYPES', 'CACHE_FORMAT', 'SPLITS',
            'tiny_tokenizer', 'tiny_llama_config', 'tiny_teacher', 'smollm2_gguf', 'convert_gguf', 'teacher_dir',
-           'load_teacher', 'teacher_name', 'teacher_vocab', 'tokenizer_hash', 'tokens_hash', 'topk_logprobs',
-           'encode_logprobs', 'decode_logprobs', 'TopKCache', 'topk_dir', 'teacher_caches']
+           'load_teacher', 'teacher_name', 'teacher_vocab', 'tokenizer_hash', 'teacher_digest', 'tokens_hash',
+           'topk_logprobs', 'encode_logprobs', 'decode_logprobs', 'TopKCache', 'topk_dir', 'teacher_caches']
 
 # %% ../nbs/20_teacher.ipynb #36802190
 _TINY_TEXT = [
@@ -166,6 +166,20 @@ def teacher_vocab(model)->int:
 def tokenizer_hash(tok)->str:
     "A short hash of a tokenizer's vocabulary and special tokens."
     return fingerprint(sorted(tok.get_vocab().items()), tok.all_special_tokens)
+
+def teacher_digest(model)->str:
+    "A short sha256 of the weights as loaded (names, shapes, dtypes, bytes); memoized until a tensor changes in place."
+    sd = model.state_dict(keep_vars=True)
+    key = tuple((n, t.data_ptr(), t._version) for n, t in sd.items())
+    memo = model.__dict__.get('_ens_digest')
+    if memo is not None and memo[0] == key: return memo[1]
+    h, seen = hashlib.sha256(), set()
+    for n, t in sorted(sd.items()):
+        h.update(f'{n}{tuple(t.shape)}{t.dtype}'.encode())
+        if t.data_ptr() in seen: continue                       # tied embedding/head: hashed once
+        seen.add(t.data_ptr()); h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    model.__dict__['_ens_digest'] = (key, h.hexdigest()[:16])
+    return model.__dict__['_ens_digest'][1]
 
 def tokens_hash(tokens:torch.Tensor)->str:
     "A short hash of a token tensor's shape and contents."
@@ -384,7 +398,7 @@ def build(cls:TopKCache, model, # teacher causal LM (HF)
     amp = autocast_dtype(teacher_dtype, dev)
     N, T = tokens.shape
     taus = sorted({float(t) for t in taus if float(t) != 1.})
-    fp = dict(format=CACHE_FORMAT, teacher=teacher_name(model), k=k, dtype=dtype, block_size=T, vocab_size=V,
+    fp = dict(format=CACHE_FORMAT, teacher=teacher_name(model), teacher_weights=teacher_digest(model), k=k, dtype=dtype, block_size=T, vocab_size=V,
               n_blocks=N, tokens=tokens_hash(tokens), teacher_dtype='bf16' if amp else 'fp32', taus=taus, **(meta or {}))
     n_params = count_params(model)
     out = Path(out_dir)
@@ -419,10 +433,10 @@ def _build_shards(model, tokens, out:Path, man:dict, batch_size:int, amp, progre
 SPLITS = ('train', 'dev', 'test')
 
 def topk_dir(cfg:RunConfig, corpus, model, tokenizer)->Path:
-    "The directory of a corpus's top-k caches for this teacher and config, keyed by the tokens (not the clusters)."
+    "The directory of a corpus's top-k caches for this config, keyed by the tokens (not the clusters) and the teacher's weights and tokenizer."
     amp = autocast_dtype(cfg.teacher_dtype, next(model.parameters()).device)
     toks = [tokens_hash(corpus.tokens(s)) for s in SPLITS]
-    fp = fingerprint(toks, teacher_name(model), tokenizer_hash(tokenizer), cfg.topk, cfg.cache_dtype, 'bf16' if amp else 'fp32',
+    fp = fingerprint(toks, teacher_digest(model), tokenizer_hash(tokenizer), cfg.topk, cfg.cache_dtype, 'bf16' if amp else 'fp32',
                      CACHE_FORMAT, sorted(cfg.cache_taus))
     return cache_path(cfg.cache_dir, 'topk', fp)
 

@@ -116,7 +116,7 @@ def test_corrupt_shard_detected(teacher, tokens, tmp_path):
     p.unlink()
     with pytest.raises(EnsDistillError, match='missing or corrupt'): TopKCache(c.path)
 
-@pytest.mark.parametrize('change', ['k', 'dtype', 'data', 'tokens', 'teacher'])
+@pytest.mark.parametrize('change', ['k', 'dtype', 'data', 'tokens', 'teacher', 'weights'])
 def test_fingerprint_mismatch(teacher, tokens, tmp_path, change):
     build(teacher, tokens, tmp_path/'c', meta=dict(data='abc'))
     kw = dict(meta=dict(data='abc'))
@@ -126,6 +126,8 @@ def test_fingerprint_mismatch(teacher, tokens, tmp_path, change):
     toks = tokens.flip(0) if change == 'tokens' else tokens
     m = tiny_teacher()[0]
     if change == 'teacher': m.teacher_name = 'another-teacher'
+    if change == 'weights':                             # the same name, weights updated in place (#18: a stale cache)
+        with torch.no_grad(): m.model.layers[0].mlp.up_proj.weight[0, 0] += 1e-3
     with pytest.raises(EnsDistillError, match=f'differs in .*{"teacher" if change == "teacher" else change}'):
         TopKCache.build(m, toks, tmp_path/'c', **dict(dict(k=K, batch_size=3, shard_blocks=4, teacher_dtype='fp32', progress=False), **kw))
 
@@ -216,3 +218,18 @@ def test_cache_stores_exact_tempered_tails(teacher, tmp_path):
     assert torch.allclose(tb[..., -1], exact, atol=5e-3)
     with pytest.raises(EnsDistillError, match=r'tau=3 is not in top-k cache .*cached: \[1.0, 2.0\]'): c.get([0], tau=3.)
     with pytest.raises(EnsDistillError, match="no cached tempered tail"): get_config('smoke', tau=2.5)
+
+def test_cache_dir_follows_the_teachers_weights(tmp_path):
+    "A local teacher folder updated in place gets another top-k cache dir (#18 item 1), and the digest is cheap to reuse."
+    from types import SimpleNamespace
+    from ens_distill.core import get_config
+    from ens_distill.teacher import topk_dir, teacher_digest
+    m, tok = tiny_teacher(); m.save_pretrained(tmp_path/'t'); tok.save_pretrained(tmp_path/'t')
+    corpus = SimpleNamespace(tokens=lambda s: torch.arange(2 * T).reshape(2, T) % len(tok))
+    cfg = get_config('smoke', teacher=str(tmp_path/'t'), cache_dir=str(tmp_path/'cache'))
+    m1, tok1 = load_teacher(str(tmp_path/'t')); before = topk_dir(cfg, corpus, m1, tok1)
+    with torch.no_grad(): m.lm_head.weight[3] *= 1.01                            # retrain... then save over the same folder
+    m.save_pretrained(tmp_path/'t')
+    m2, tok2 = load_teacher(str(tmp_path/'t'))
+    assert topk_dir(cfg, corpus, m2, tok2) != before and topk_dir(cfg, corpus, m1, tok1) == before
+    assert m2.__dict__['_ens_digest'][1] == teacher_digest(m2)                   # memoized until a tensor changes
