@@ -19,8 +19,9 @@ __all__ = ['GROUP_KEYS', 'QUESTIONS', 'SITE_CSS', 'SHOTS', 'collect_runs', 'seed
            'format_leaderboard', 'leaderboard_tables', 'routing_ablation', 'diversity_ablation', 'objective_grid',
            'calibration_table', 'domain_table', 'task_table', 'missing_methods', 'load_latency', 'paired_ce',
            'win_ensemble_vs_matched', 'win_headline_pair', 'win_specialization', 'win_latency', 'win_conditions',
-           'win_table', 'entry_cis', 'plot_leaderboard', 'plot_pareto', 'answers', 'render_html', 'publish',
-           'publish_cli', 'check_site', 'screenshots']
+           'win_table', 'entry_cis', 'plot_leaderboard', 'plot_pareto', 'task_cis', 'task_ci_table',
+           'task_evidence_table', 'plot_tasks', 'answers', 'render_html', 'publish', 'publish_cli', 'check_site',
+           'screenshots']
 
 # %% ../nbs/80_report.ipynb #4e881a07
 def collect_runs(root='reports/runs')->pd.DataFrame:
@@ -425,6 +426,74 @@ def plot_pareto(lc:pd.DataFrame, ax=None):
     ax.set(xscale='log', yscale='log', xlabel='inference FLOPs per token (all members, forward)', ylabel='test perplexity')
     ax.legend(fontsize=8)
     return ax
+
+# %% ../nbs/80_report.ipynb #279bffc9
+_TC_COLS = ['entry', 'task', 'interval', 'n', 'seeds', 'acc', 'acc_lo', 'acc_hi', 'chance', 'gold_ll', 'gold_ll_lo', 'gold_ll_hi',
+            'answer_ece', 'answer_ece_informative', 'answer_ece_note']
+
+def _run_items(path)->dict:
+    "The per-item task records of one run folder ({} without `task_items.json`)."
+    if not (Path(path)/'task_items.json').exists(): return {}
+    from ens_distill.lmeval import task_items
+    return task_items(path)
+
+def task_cis(df:pd.DataFrame, # `collect_runs` table
+             n_boot:int=1000)->pd.DataFrame:
+    "Per entry and task: accuracy (and gold log-likelihood, answer ECE) with 95% CIs from per-item records, else the seed mean and 'n/a (no per-item data)'."
+    rows, ts = [], task_names(df) if len(df) else []
+    for d in leaderboard(df).to_dict('records'):
+        recs = [_run_items(p) for p in _seeds_of(df, d).path] if 'path' in df else []
+        for t in sorted(set(ts) | {t for r in recs for t in r}):
+            rs = [r[t] for r in recs if t in r]; rs = [r for r in rs if r['id'] == rs[0]['id']]
+            if rs:
+                from ens_distill.lmeval import task_summary
+                rows.append(dict(entry=_label(d), task=t, interval='95% CI over items' + (' and seeds' if len(rs) > 1 else ''), **task_summary(rs, n_boot)))
+            elif not pd.isna(d.get(f'acc_{t}_mean', np.nan)):
+                rows.append(dict(entry=_label(d), task=t, interval='n/a (no per-item data)', acc=d[f'acc_{t}_mean'], seeds=d.get(f'acc_{t}_n')))
+    return pd.DataFrame(rows, columns=_TC_COLS)
+
+# %% ../nbs/80_report.ipynb #dfbfe676
+def _task_order(tasks)->list:
+    "Headline tasks (`lmeval.HEADLINE_TASKS`) first, then the others alphabetically."
+    from ens_distill.lmeval import HEADLINE_TASKS
+    return [t for t in HEADLINE_TASKS if t in set(tasks)] + sorted(t for t in set(tasks) if t not in HEADLINE_TASKS)
+
+def task_ci_table(tc:pd.DataFrame)->pd.DataFrame:
+    "Accuracy per entry (rows) and task (columns): 'acc [lo, hi]' (95% CI) or 'acc; CI n/a (no per-item data)'; headline tasks first, marked *."
+    if tc.empty: return pd.DataFrame()
+    from ens_distill.lmeval import HEADLINE_TASKS
+    cell = lambda r: f"{r.acc:.3f} [{r.acc_lo:.3f}, {r.acc_hi:.3f}]" if not pd.isna(r.acc_lo) else f"{r.acc:.3f}; CI n/a (no per-item data)"
+    w = tc.assign(cell=[cell(r) for r in tc.itertuples()]).pivot(index='entry', columns='task', values='cell')
+    w = w[_task_order(w.columns)].reindex(list(dict.fromkeys(tc.entry))).fillna('-')
+    return w.rename(columns=lambda t: t.removeprefix('ed_') + ('*' if t in HEADLINE_TASKS else '')).reset_index()
+
+def task_evidence_table(tc:pd.DataFrame)->pd.DataFrame:
+    "Entries with per-item records: accuracy and mean gold log-likelihood (nats, summed over the answer's tokens) with 95% CIs, chance, answer ECE."
+    d = tc[tc.acc_lo.notna()] if len(tc) else tc
+    if d.empty: return pd.DataFrame()
+    ci = lambda m, lo, hi, k: 'n/a (generation)' if m is None or pd.isna(m) else f'{m:.{k}f} [{lo:.{k}f}, {hi:.{k}f}]'
+    ece = lambda r: 'n/a (open answer)' if r.answer_ece is None or pd.isna(r.answer_ece) else f'{r.answer_ece:.3f}' + ('' if r.answer_ece_informative else ' (uninformative: accuracy near 0)')
+    return pd.DataFrame({'entry': d.entry, 'task': d.task.str.removeprefix('ed_'), 'items': d.n.astype(int), 'seeds': d.seeds.astype(int),
+                         'accuracy [95% CI]': [ci(*v, 3) for v in zip(d.acc, d.acc_lo, d.acc_hi)], 'chance': d.chance.map(lambda v: f'{v:.3f}'),
+                         'gold log-likelihood, nats [95% CI]': [ci(*v, 2) for v in zip(d.gold_ll, d.gold_ll_lo, d.gold_ll_hi)],
+                         'answer ECE': [ece(r) for r in d.itertuples()]}).reset_index(drop=True)
+
+# %% ../nbs/80_report.ipynb #22ab340c
+def plot_tasks(tc:pd.DataFrame, axs=None):
+    "Accuracy per task (a panel each) and entry: dots with 95% CI bars from per-item records, hollow dots without them, chance dashed."
+    import matplotlib.pyplot as plt
+    ts, ents = _task_order(tc.task), list(dict.fromkeys(tc.entry))
+    if axs is None: axs = plt.subplots(1, len(ts), figsize=(2.6 * len(ts) + 2.5, .28 * len(ents) + 1.6), sharey=True, squeeze=False)[1][0]
+    for ax, t in zip(axs, ts):
+        g = tc[tc.task == t]; y = g.entry.map({e: i for i, e in enumerate(ents)}); ci = g.acc_lo.notna()
+        ax.errorbar(g.acc[ci], y[ci], xerr=[g.acc[ci] - g.acc_lo[ci], g.acc_hi[ci] - g.acc[ci]], fmt='o', ms=4, capsize=2, c='C0', label='95% CI over items')
+        ax.plot(g.acc[~ci], y[~ci], 'o', mfc='none', ms=4, c='C1', label='no per-item data (no CI)')
+        if g.chance.notna().any(): ax.axvline(g.chance.dropna().iloc[0], ls='--', c='grey', lw=1, label='chance')
+        ax.set_xlim(0, min(1, np.nanmax(np.r_[g.acc, g.acc_hi.astype(float)]) + .1)); ax.set_title(t.removeprefix('ed_'), fontsize=9); ax.set_xlabel('accuracy (fraction correct)', fontsize=8); ax.tick_params(labelsize=7)
+    axs[0].set_yticks(range(len(ents)), ents, fontsize=8)
+    h = {l: x for ax in axs for x, l in zip(*ax.get_legend_handles_labels())}
+    axs[-1].legend(h.values(), h.keys(), fontsize=7, loc='lower right')
+    return axs
 
 # %% ../nbs/80_report.ipynb #a95e0002
 _DEFAULT = dict(objective='fkl', alpha=1.0, tau=1.0)
