@@ -8,6 +8,8 @@ import abc, bz2, csv, hashlib, json, os, random, sys, time
 import yaml
 from pathlib import Path
 import datasets
+import numpy as np
+import pandas as pd
 import torch
 from fastcore.basics import patch
 from tqdm.auto import tqdm
@@ -22,11 +24,13 @@ import ens_distill
 from .core import *
 from .packed import PackedEnsemble, combine, head_map, head_logits, chunk_size, decode, member_logp_fn
 from .runs import atomic_write, cache_path
+from .stats import ece, mean_ci, task_compare
 
 # %% auto #0
-__all__ = ['TASKS_DIR', 'MMLU_LITE', 'FEWSHOT_POOL', 'SUITE', 'GEN_TASKS', 'hellaswag_jsonl', 'mmlu_rows', 'local_splits',
-           'load_local', 'SubjectSampler', 'task_manager', 'local_task_names', 'member_paths', 'EnsembleLM', 'run_rule',
-           'model_spec', 'evaluate_tasks', 'members_hash', 'run_tasks', 'main']
+__all__ = ['TASKS_DIR', 'MMLU_LITE', 'FEWSHOT_POOL', 'SUITE', 'GEN_TASKS', 'HEADLINE_TASKS', 'HEADLINE_LIMIT', 'ITEMS_NOTE',
+           'hellaswag_jsonl', 'mmlu_rows', 'local_splits', 'load_local', 'SubjectSampler', 'task_manager',
+           'local_task_names', 'member_paths', 'EnsembleLM', 'run_rule', 'model_spec', 'evaluate_tasks', 'members_hash',
+           'task_items', 'run_tasks', 'task_summary', 'compare_items', 'compare_runs', 'headline_suite', 'main']
 
 # %% ../nbs/65_lmeval.ipynb #285bf078
 TASKS_DIR = Path(ens_distill.__file__).parent/'tasks'
@@ -387,6 +391,24 @@ def _compact(out:dict)->dict:
         res[task] = r
     return res
 
+# %% ../nbs/65_lmeval.ipynb #62d6b889
+def _item(s:dict)->dict:
+    "One lm-eval logged sample as id, correct, gold_ll (total nats), p_max (of the normalised choices) and n_choices."
+    r, t = s['filtered_resps'], s['target']
+    ok = int(round(float(s.get('acc', s.get('exact_match', 0)))))
+    if isinstance(t, int) and len(r) > 1 and isinstance(r[0], (tuple, list)):            # multiple choice: one log-likelihood per choice
+        ll = np.array([float(x[0]) for x in r]); p = np.exp(ll - ll.max())
+        return dict(id=s['doc_id'], correct=ok, gold_ll=round(float(ll[t]), 4), p_max=round(float(p.max() / p.sum()), 4), n_choices=len(r))
+    gl = round(float(r[0][0]), 4) if r and isinstance(r[0], (tuple, list)) else None        # one continuation (LAMBADA) or generated text
+    return dict(id=s['doc_id'], correct=ok, gold_ll=gl, p_max=None, n_choices=0)
+
+def _item_arrays(samples:list)->dict:
+    "A task's logged samples as per-item arrays (id order); generation tasks from the flexible-extract filter."
+    fs = {s['filter'] for s in samples}
+    f = next((x for x in ('flexible-extract', 'none') if x in fs), min(fs))
+    rows = sorted((_item(s) for s in samples if s['filter'] == f), key=lambda r: r['id'])
+    return {k: [r[k] for r in rows] for k in ('id', 'correct', 'gold_ll', 'p_max', 'n_choices')}
+
 # %% ../nbs/65_lmeval.ipynb #283061f7
 def evaluate_tasks(model, # lm-eval model name ('hf', 'ens_distill'), an lm-eval LM, a run/checkpoint dir or teacher name
                    tasks, # task names (list or comma-separated)
@@ -397,6 +419,7 @@ def evaluate_tasks(model, # lm-eval model name ('hf', 'ens_distill'), an lm-eval
                    sample:str='first', # with limit: 'first' items (lm-eval's --limit) or a fixed-seed 'random' subset
                    data_dir=None, batch_size=None, device:str=None,
                    raw:bool=False, # return lm-eval's whole results dict
+                   items:bool=False, # also per-item arrays under each task's `items` (`_item_arrays`)
                    **kwargs)->dict: # passed on to lm_eval.simple_evaluate
     "Scores per task (acc, acc_stderr, acc_norm, ..., n) of a model on lm-eval tasks, local `ed_*` ones included."
     from lm_eval import simple_evaluate
@@ -412,12 +435,18 @@ def evaluate_tasks(model, # lm-eval model name ('hf', 'ens_distill'), an lm-eval
     if device is None and 'device' not in str(model_args or ''): device = 'cuda' if torch.cuda.is_available() else 'cpu'  # lm-eval's hf model assumes cuda
     out = simple_evaluate(model=model, model_args=model_args, tasks=tasks, num_fewshot=num_fewshot, limit=limit, samples=samples,
                           task_manager=tm, batch_size=batch_size, device=device, random_seed=seed, numpy_random_seed=seed,
-                          torch_random_seed=seed, fewshot_random_seed=seed, log_samples=False, **kwargs)
-    return out if raw else _compact(out)
+                          torch_random_seed=seed, fewshot_random_seed=seed, log_samples=items, **kwargs)
+    if raw: return out
+    res = _compact(out)
+    for t, ss in (out.get('samples') or {}).items():
+        if items and t in res: res[t]['items'] = _item_arrays(ss)
+    return res
 
 # %% ../nbs/65_lmeval.ipynb #7f43713c
 SUITE = ['ed_arc_easy', 'ed_arc_challenge', 'ed_hellaswag', 'ed_mmlu_lite', 'ed_lambada', 'ed_boolq', 'ed_gsm8k']
 GEN_TASKS = {'ed_gsm8k': 5}  # generation tasks: few-shot examples (scored on their first `gen_limit` items)
+HEADLINE_TASKS = ['ed_arc_easy', 'ed_hellaswag', 'ed_lambada']  # where the teacher is clearly above chance (issue #17)
+HEADLINE_LIMIT = dict(ed_arc_easy=None, ed_hellaswag=2000, ed_lambada=2000, default=40)  # items per task: ARC-Easy all 2,376
 
 def _task_row(r:dict)->dict:
     "One task's scores with `acc` (exact match, flexible extract, for generation tasks) and `acc_stderr`."
@@ -436,38 +465,111 @@ def members_hash(run)->str:
     "A digest of a run's member weights: runs with identical members (c-BTM routing variants) share it."
     return fingerprint([_files_hash(d, '*.safetensors') for d in member_paths(run)])
 
+ITEMS_NOTE = dict(id='index in the task test split', correct='0/1 (lm-eval acc; exact match for generation)',
+                  gold_ll='log-likelihood of the gold answer, nats summed over its tokens (total, not per token)',
+                  p_max='max probability of the softmax over the choices (null: open answer)', n_choices='0: open answer')
+
+def task_items(run)->dict:
+    "The per-item arrays of a run's scored tasks ({task: {id, correct, gold_ll, p_max, n_choices}}; {} without `task_items.json`)."
+    f = Path(run)/'task_items.json'
+    return {t: v for t, v in json.loads(f.read_text()).items() if t != 'meta'} if f.exists() else {}
+
+def _by_limit(tasks:list, limit)->dict:
+    "{items per task: tasks} for one `limit` or a dict of limits (per task, else its `default`, else 40)."
+    if not isinstance(limit, dict): return {limit: list(tasks)} if tasks else {}
+    out = {}
+    for t in tasks: out.setdefault(limit.get(t, limit.get('default', 40)), []).append(t)
+    return out
+
+# %% ../nbs/65_lmeval.ipynb #7ee72a5a
 def run_tasks(run, # a finished run directory (members/ and metrics.json)
               tasks=None, # task names (default: `SUITE`)
-              limit:int=40, # items per task: one fixed-seed random subset, the same for every run
+              limit:int|dict=40, # items per task (one fixed-seed random subset, the same for every run); a dict: per task (None: all), e.g. `HEADLINE_LIMIT`
               gen_limit:int=10, # first items of generation tasks (GSM8K)
               seed:int=1234, dtype:str='bfloat16', batch_size:int=16,
               combine:str|None=None, # the rule (None: the run's own, `run_rule`: routed c-BTM runs score with their router)
               overwrite:bool=False, # score again tasks the run already has in tasks.json
               data_dir=None, # the offline eval sets (default: `resolve_data_dir()`)
               cache_dir=None)->dict: # scores of identical members are reused from `cache_dir/lmeval/scores`
-    "Score a run on the tasks it lacks; merge them into `<run>/tasks.json` and the key `tasks` of its `metrics.json`."
+    "Score a run on the tasks it lacks; merge them into `<run>/tasks.json`, `<run>/task_items.json` and the key `tasks` of its `metrics.json`."
     p = Path(run); mpath, out = p/'metrics.json', p/'tasks.json'
     if not mpath.exists(): raise EnsDistillError(f"{p} has no metrics.json; finish the run (run_method) before scoring its tasks")
     old = json.loads(out.read_text()) if out.exists() and not overwrite else dict(tasks={}, meta={})
+    items = {} if overwrite else task_items(p)
     todo = [t for t in (tasks or SUITE) if t not in old['tasks']]
     if not todo: return old
     rule, router = run_rule(p) if combine is None else (combine, p/'router' if combine == 'weighted' else None)
     system = members_hash(p) + (f'-r{_files_hash(router)}' if router else '')      # the members and, routed, the router
-    cf = cache_path(cache_dir, 'lmeval', 'scores', f'{system}-{rule}-{dtype}-{seed}-{limit}-{gen_limit}.json')
+    lim = fingerprint(limit) if isinstance(limit, dict) else limit
+    cf = cache_path(cache_dir, 'lmeval', 'scores', f'{system}-{rule}-{dtype}-{seed}-{lim}-{gen_limit}.json')
     known = {} if overwrite or not cf.exists() else json.loads(cf.read_text())
+    known = {t: r for t, r in known.items() if 'items' in r}                        # scores cached without per-item arrays: score again
     res = dict(old['tasks'], **{t: known[t] for t in todo if t in known}); todo = [t for t in todo if t not in known]
     mc, gen = [t for t in todo if t not in GEN_TASKS], [t for t in todo if t in GEN_TASKS]
     model, margs = model_spec(p, combine=rule, dtype=dtype); t0 = time.time()
-    kw = dict(model_args=margs, seed=seed, batch_size=batch_size, data_dir=data_dir)
-    if mc: res.update(evaluate_tasks(model, mc, limit=limit, sample='random', **kw))
+    kw = dict(model_args=margs, seed=seed, batch_size=batch_size, data_dir=data_dir, items=True)
+    for n, ts in _by_limit(mc, limit).items(): res.update(evaluate_tasks(model, ts, limit=n, sample='random', **kw))
     for t in gen: res.update(evaluate_tasks(model, [t], limit=gen_limit, num_fewshot=GEN_TASKS[t], **kw))
+    atomic_write(cf, {**known, **{t: res[t] for t in todo}})
+    items.update({t: r.pop('items') for t, r in res.items() if 'items' in r})
     res = {t: _task_row(r) for t, r in res.items()}
     meta = dict(limit=limit, gen_limit=gen_limit, seed=seed, combine=rule, routed=router is not None, dtype=dtype,
                 seconds=old['meta'].get('seconds', 0) + time.time() - t0)
-    atomic_write(cf, {**known, **{t: res[t] for t in todo}})
-    atomic_write(out, dict(tasks=res, meta=meta))
+    atomic_write(out, dict(tasks=res, meta=meta)); atomic_write(p/'task_items.json', dict(items, meta=ITEMS_NOTE), indent=None)
     m = json.loads(mpath.read_text()); m.update(tasks=res, tasks_meta=meta); atomic_write(mpath, m)
     return dict(tasks=res, meta=meta)
+
+# %% ../nbs/65_lmeval.ipynb #9dd3ff60
+def _stack(recs:list, key:str)->np.ndarray|None:
+    "The `key` arrays of several records of one task as [S,U] (None when one lacks it); all must cover the same items."
+    if any(r['id'] != recs[0]['id'] for r in recs): raise EnsDistillError("per-item records of one task cover different items; score every seed with the same limit and seed")
+    v = [r.get(key) for r in recs]
+    return None if any(x is None or None in x for x in v) else np.asarray(v, float)
+
+def task_summary(recs, # one system's per-item arrays of a task (`task_items(run)[task]`), or a list of them (seeds)
+                 n_boot:int=2000, level:float=0.95)->dict:
+    "Accuracy and mean gold log-likelihood with bootstrap CIs, the chance rate, and the ECE of the answer distribution."
+    recs = [recs] if isinstance(recs, dict) else list(recs)
+    a, ll, pm = _stack(recs, 'correct'), _stack(recs, 'gold_ll'), _stack(recs, 'p_max')
+    acc, g = mean_ci(a, n_boot, level), None if ll is None else mean_ci(ll, n_boot, level)
+    e = None if pm is None else ece(pm, a)
+    nc = np.asarray(recs[0]['n_choices'], float)
+    return dict(n=acc['n'], seeds=len(recs), acc=acc['mean'], acc_lo=acc['lo'], acc_hi=acc['hi'], chance=float(np.where(nc > 0, 1 / np.maximum(nc, 1), 0).mean()),
+                gold_ll=g and g['mean'], gold_ll_lo=g and g['lo'], gold_ll_hi=g and g['hi'],
+                answer_ece=e and e['ece'], answer_ece_informative=bool(e and e['informative']), answer_ece_note=e['note'] if e else 'open answer: no answer distribution')
+
+# %% ../nbs/65_lmeval.ipynb #1683a86d
+def compare_items(a:dict, b:dict, # per-item arrays of one task for systems A and B (`task_items(run)[task]`)
+                  n_boot:int=2000, level:float=0.95)->dict:
+    "A - B on the items both answered: accuracy difference (CI, McNemar's p, verdict) and gold log-likelihood difference (CI, verdict)."
+    ids = sorted(set(a['id']) & set(b['id']))
+    if not ids: raise EnsDistillError("the two systems share no items; score both with the same limit and seed")
+    pick = lambda r, k: None if r.get(k) is None or None in r[k] else np.asarray(r[k], float)[[r['id'].index(i) for i in ids]]
+    return dict(n=len(ids), acc_a=float(pick(a, 'correct').mean()), acc_b=float(pick(b, 'correct').mean()),
+                **task_compare(pick(a, 'correct'), pick(b, 'correct'), pick(a, 'gold_ll'), pick(b, 'gold_ll'), n_boot=n_boot, level=level))
+
+def compare_runs(run_a, run_b, # two scored run directories (A - B)
+                 tasks=None, n_boot:int=2000)->pd.DataFrame: # tasks (default: all both have per-item records for)
+    "One row per task both runs have per-item records for: `compare_items` of A against B."
+    ia, ib = task_items(run_a), task_items(run_b)
+    ts = [t for t in (tasks or sorted(ia)) if t in ia and t in ib]
+    return pd.DataFrame([dict(task=t, **compare_items(ia[t], ib[t], n_boot)) for t in ts])
+
+# %% ../nbs/65_lmeval.ipynb #d1be127c
+def headline_suite(teacher=None, # the teacher's scored run dir, or its `task_items` ({task: arrays}); None: the default suite
+                   tasks=None, # candidate tasks (default: `SUITE`)
+                   level:float=0.95)->pd.DataFrame:
+    "Per task: whether it is in the headline (in `HEADLINE_TASKS` and, with teacher records, the CI's lower end above chance) and why."
+    it = {} if teacher is None else teacher if isinstance(teacher, dict) else task_items(teacher)
+    rows = []
+    for t in tasks or SUITE:
+        s = task_summary(it[t], level=level) if t in it else None
+        above = None if s is None else s['acc_lo'] > s['chance']
+        why = ('secondary' if t not in HEADLINE_TASKS else 'no per-item teacher data: kept by the shared-data rule' if s is None else
+               f"teacher {s['acc']:.3f} [{s['acc_lo']:.3f}, {s['acc_hi']:.3f}] vs chance {s['chance']:.3f} on {s['n']} items")
+        rows.append(dict(task=t, headline=t in HEADLINE_TASKS and above is not False, above_chance=above, reason=why,
+                         **{k: s[k] if s else None for k in ('n', 'acc', 'acc_lo', 'acc_hi', 'chance')}))
+    return pd.DataFrame(rows)
 
 # %% ../nbs/65_lmeval.ipynb #6468ba94
 def _pop_flag(argv:list, flag:str):

@@ -4,7 +4,7 @@
 
 # %% ../nbs/80_report.ipynb #e39a4e94
 from __future__ import annotations
-import html, json, math, os, shutil, time
+import html, json, math, os, re, shutil, time
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -15,11 +15,13 @@ from .scaling import read_run
 from .stats import paired_bootstrap, verdict
 
 # %% auto #0
-__all__ = ['GROUP_KEYS', 'SITE_CSS', 'collect_runs', 'seed_groups', 'task_names', 'leaderboard', 'format_leaderboard',
-           'routing_ablation', 'diversity_ablation', 'objective_grid', 'calibration_table', 'domain_table',
-           'task_table', 'missing_methods', 'load_latency', 'paired_ce', 'win_ensemble_vs_matched', 'win_headline_pair',
-           'win_specialization', 'win_latency', 'win_conditions', 'entry_cis', 'plot_leaderboard', 'plot_pareto',
-           'render_html', 'publish', 'publish_cli']
+__all__ = ['GROUP_KEYS', 'QUESTIONS', 'SITE_CSS', 'SHOTS', 'collect_runs', 'seed_groups', 'task_names', 'leaderboard',
+           'format_leaderboard', 'leaderboard_tables', 'routing_ablation', 'diversity_ablation', 'objective_grid',
+           'calibration_table', 'domain_table', 'task_table', 'missing_methods', 'load_latency', 'paired_ce',
+           'win_ensemble_vs_matched', 'win_headline_pair', 'win_specialization', 'win_latency', 'win_conditions',
+           'win_table', 'entry_cis', 'plot_leaderboard', 'plot_pareto', 'task_cis', 'task_ci_table',
+           'task_evidence_table', 'plot_tasks', 'answers', 'render_html', 'publish', 'publish_cli', 'check_site',
+           'screenshots']
 
 # %% ../nbs/80_report.ipynb #4e881a07
 def collect_runs(root='reports/runs')->pd.DataFrame:
@@ -91,6 +93,13 @@ def format_leaderboard(lb:pd.DataFrame)->pd.DataFrame:
         trained = ~lb.method.isin(['bigram', 'unigram', 'raw', 'teacher'])
         out['beats bigram'] = np.where(trained, np.where(lb.test_ppl_mean < floor, 'yes', 'NO'), '')
     return out
+
+def leaderboard_tables(flb:pd.DataFrame)->dict:
+    "The formatted leaderboard as two narrow tables: quality (perplexity, calibration, KL) and cost (size, tokens, FLOPs); tasks have `task_table`."
+    key = [c for c in flb if c in ('method', 'K', 'size', 'cfg_K', 'objective', 'alpha', 'tau', 'tokens_per_member', 'teacher')]
+    q = [c for c in ('seeds', 'test ppl', 'ECE', 'KL(teacher)', 'beats bigram') if c in flb]
+    cost = [c for c in ('params', 'tokens', 'FLOPs', 'overhead FLOPs', 'inference FLOPs/token') if c in flb and (flb[c] != 'n/a').any()]
+    return dict(quality=flb[key + q], cost=flb[[c for c in key if c not in ('objective', 'alpha', 'tau')] + cost])
 
 # %% ../nbs/80_report.ipynb #7e09aebe
 _COLS = ['test_ppl_mean', 'test_ppl_sd', 'ece_mean', 'kl_teacher_mean', 'total_tokens_mean', 'train_flops_mean', 'n_seeds']
@@ -192,7 +201,10 @@ def _compute(d:dict, sfx:str)->str:
     return (f"; training tokens {d['total_tokens_mean']:.3g} vs {d[f'total_tokens_mean{sfx}']:.3g}, "
             f"FLOPs {d['train_flops_mean']:.3g} vs {d[f'train_flops_mean{sfx}']:.3g}")
 
-def _verdict(name, ok, text): return dict(condition=name, verdict='no data' if ok is None else ok if isinstance(ok, str) else 'supported' if ok else 'not supported', evidence=text)
+def _verdict(name, ok, text, rows=()):
+    "A condition's verdict ('no data' for None), its evidence text and its comparisons (`_row` dicts)."
+    return dict(condition=name, verdict='no data' if ok is None else ok if isinstance(ok, str) else 'supported' if ok else 'not supported',
+                evidence=text, rows=list(rows))
 
 def _seeds_of(df:pd.DataFrame, row:dict)->pd.DataFrame:
     "The runs (one per seed) of the leaderboard entry `row`."
@@ -246,6 +258,25 @@ def _pairs(lb, a, b, on=('K', 'size')):
     A = lb[lb.method == a]; B = lb[lb.method == b].sort_values('test_ppl_mean').drop_duplicates(list(on))
     return A.merge(B, on=list(on), suffixes=('', '_b'))
 
+# %% ../nbs/80_report.ipynb #f1a0000a
+def _label(d:dict)->str:
+    "An entry's name for tables and figures: variant, K (the matched K of a single student) and member size."
+    return f"{d.get('variant', d['method'])} K={d.get('cfg_K', d['K']) if d['method'] in ('single_matched', 'single_large') else d['K']} {d.get('size', '')}"
+
+def _diff(df:pd.DataFrame|None, a:dict, b:dict, ci:dict|None)->str:
+    "Test CE of a - b with its paired 95% CI, or the difference of seed means and why there is no CI."
+    if ci: return f"{ci['diff']:+.3f} nats [{ci['lo']:+.3f}, {ci['hi']:+.3f}]"
+    ce = lambda d: float(np.log(_seeds_of(df, d).test_ppl).mean()) if df is not None and len(_seeds_of(df, d)) else math.log(d['test_ppl_mean'])
+    return f"{ce(a) - ce(b):+.3f} nats, no CI (no per-block test data)"
+
+def _row(a:dict, b:dict, diff:str, v:str)->dict:
+    "One comparison of the win-conditions table: both sides' perplexity, training and inference cost, the difference, the verdict."
+    two = lambda k: f"{_si(a.get(k))} vs {_si(b.get(k))}"
+    return {'comparison': f'{_label(a)} vs {_label(b)}', 'test ppl': f"{_pm(a['test_ppl_mean'], a.get('test_ppl_sd'))} vs {_pm(b['test_ppl_mean'], b.get('test_ppl_sd'))}",
+            'training cost': two('train_flops_mean') + ' FLOPs', 'inference cost': two('inference_flops_per_token_mean') + ' FLOPs/token',
+            'CE difference [95% CI]': diff, 'verdict': v}
+
+
 # %% ../nbs/80_report.ipynb #dac0fede
 def win_ensemble_vs_matched(lb:pd.DataFrame, min_tasks:int=2, df:pd.DataFrame|None=None)->dict:
     "Condition 1: best K-member ensemble vs the single student matched to its training compute."
@@ -257,7 +288,7 @@ def win_ensemble_vs_matched(lb:pd.DataFrame, min_tasks:int=2, df:pd.DataFrame|No
     pairs = ens.merge(sm, on=['K', 'size'], suffixes=('', '_sm'))
     if pairs.empty: return _verdict(name, None, f"no ensemble run with the K and size of a single_matched run ({sm[['K', 'size']].drop_duplicates().values.tolist()}).")
     tasks = [c[:-5] for c in lb.columns if c.startswith('acc_') and c.endswith('_mean')]
-    oks, lines = [], []
+    oks, lines, rows = [], [], []
     for _, r in pairs.iterrows():
         d = r.to_dict()
         ci = None if df is None else paired_ce(df, d, _other(d, '_sm', ['size']))
@@ -265,6 +296,7 @@ def win_ensemble_vs_matched(lb:pd.DataFrame, min_tasks:int=2, df:pd.DataFrame|No
         both = [t for t in tasks if not pd.isna(d.get(f'{t}_mean')) and not pd.isna(d.get(f'{t}_mean_sm'))]
         tw = [t[4:] for t in both if d[f'{t}_mean'] > d[f'{t}_mean_sm']]                  # ties are ties, not wins
         oks.append('contradicted' if ce_v == 'contradicted' else 'supported' if ce_v == 'supported' and len(tw) >= min_tasks else 'inconclusive')
+        b = _other(d, '_sm', ['size']); rows.append(_row(d, b, _diff(df, d, b, ci), oks[-1]))
         setting = ' '.join(f'{k}={d[k]}' for k in ('objective', 'alpha', 'tau', 'routing') if k in d and lb[k].nunique() > 1 and (k != 'routing' or d['method'] == 'cbtm'))
         lines.append(f"K={d['K']} {d['size']}: {d.get('variant', d['method'])}{' (' + setting + ')' if setting else ''} ppl {_pm(d['test_ppl_mean'], d['test_ppl_sd'])} vs single_matched "
                      f"{_pm(d['test_ppl_mean_sm'], d['test_ppl_sd_sm'])}{_ci_text(ci) if df is not None else ''}{_compute(d, '_sm')}; ahead on {len(tw)} of {len(both)} tasks"
@@ -272,7 +304,7 @@ def win_ensemble_vs_matched(lb:pd.DataFrame, min_tasks:int=2, df:pd.DataFrame|No
     ok = _aggregate(oks)
     if ok == 'inconclusive' and any(len([t for t in tasks if not pd.isna(d.get(f'{t}_mean'))]) < min_tasks for d in pairs.to_dict('records')):
         lines.append(f'Perplexity alone is not enough: the condition needs accuracies on >= {min_tasks} tasks for both.')
-    return _verdict(name, ok, ' '.join(lines))
+    return _verdict(name, ok, ' '.join(lines), rows)
 
 # %% ../nbs/80_report.ipynb #dac0fee0
 def win_headline_pair(lb:pd.DataFrame, df:pd.DataFrame|None=None)->dict: # leaderboard; the runs (per-seed paths) for CIs
@@ -286,15 +318,16 @@ def win_headline_pair(lb:pd.DataFrame, df:pd.DataFrame|None=None)->dict: # leade
     pairs = ens.merge(sl, on=keys, suffixes=('', '_sl'))
     if pairs.empty: return _verdict(name, None, f"no ensemble run with the K, size and budget of a single_large run.")
     f = lambda v: 'n/a' if pd.isna(v) else f'{v:.3g}'
-    lines, vs = [], []
+    lines, vs, rows = [], [], []
     for d in pairs.to_dict('records'):
         ci = None if df is None else paired_ce(df, d, _other(d, '_sl', keys))
         vs.append(ci['verdict'] if ci else 'inconclusive')
+        b = _other(d, '_sl', keys); rows.append(_row(d, b, _diff(df, d, b, ci), vs[-1]))
         lines.append(f"K={d['K']} x {d['size']} {d.get('variant', d['method'])} ppl {_pm(d['test_ppl_mean'], d['test_ppl_sd'])} vs one "
                      f"{d.get('large_size_sl', 'larger student')} {_pm(d['test_ppl_mean_sl'], d['test_ppl_sd_sl'])}{_ci_text(ci)}; training FLOPs "
                      f"{f(d.get('train_flops_mean'))} vs {f(d.get('train_flops_mean_sl'))}, inference FLOPs per token "
                      f"{f(d.get('inference_flops_per_token_mean'))} vs {f(d.get('inference_flops_per_token_mean_sl'))}.")
-    return _verdict(name, _aggregate(vs), f"{vs.count('supported')} of {len(vs)} pairs favour the ensemble with a 95% CI excluding 0. " + ' '.join(lines))
+    return _verdict(name, _aggregate(vs), f"{vs.count('supported')} of {len(vs)} pairs favour the ensemble with a 95% CI excluding 0. " + ' '.join(lines), rows)
 
 # %% ../nbs/80_report.ipynb #bd978384
 def win_specialization(lb:pd.DataFrame, df:pd.DataFrame|None=None)->dict:
@@ -309,7 +342,8 @@ def win_specialization(lb:pd.DataFrame, df:pd.DataFrame|None=None)->dict:
           for c, d in zip(cis, p.to_dict('records'))]
     lines = [f"K={d['K']} {d['size']} {d.get('variant', 'cbtm')} ppl {_pm(d['test_ppl_mean'], d['test_ppl_sd'])} vs independent {_pm(d['test_ppl_mean_b'], d['test_ppl_sd_b'])}"
              f"{_ci_text(c) if df is not None else ''}{_compute(d, '_b')}." for c, d in zip(cis, p.to_dict('records'))]
-    return _verdict(name, _aggregate(vs), f"cbtm is better with a 95% CI excluding 0 in {vs.count('supported')} of {len(p)} comparisons. " + ' '.join(lines))
+    return _verdict(name, _aggregate(vs), f"cbtm is better with a 95% CI excluding 0 in {vs.count('supported')} of {len(p)} comparisons. " + ' '.join(lines),
+                    [_row(d, {**_other(d, '_b', on), 'K': d['K']}, _diff(df, d, {**_other(d, '_b', on), 'K': d['K']}, c), v) for c, d, v in zip(cis, p.to_dict('records'), vs)])
 
 # %% ../nbs/80_report.ipynb #1ce0f8b5
 def win_latency(lat:pd.DataFrame, latency_tol:float=1.5)->dict:
@@ -321,14 +355,16 @@ def win_latency(lat:pd.DataFrame, latency_tol:float=1.5)->dict:
     single = lat[(K == 1) | (K.isna() & nm.str.contains('single'))]
     ens = lat[(K > 1) | (K.isna() & nm.str.contains('ens|packed|parallel'))]
     if single.empty or ens.empty: return _verdict(name, None, 'the latency benchmark lacks a single-model row or an ensemble row.')
-    lines, oks = [], []
+    lines, oks, rows = [], [], []
     for r in ens.itertuples():   # against the fastest single model at the same batch size (when the rows give one)
         b = getattr(r, 'batch', None)
         same = single[single.batch == b] if b is not None and 'batch' in single and (single.batch == b).any() else single
         s = float(same.latency_ms.min()); ratio = r.latency_ms / s; oks.append(ratio <= latency_tol)
         lines.append(f"{r.name}{f' (K={int(r.K)})' if 'K' in lat and not pd.isna(r.K) else ''}{f', batch {b}' if b is not None else ''}: "
                      f"{r.latency_ms:.3g} ms vs single {s:.3g} ms = {ratio:.2f}x.")
-    return _verdict(name, all(oks), ' '.join(lines))
+        rows.append({'comparison': f"{r.name} vs single{f', batch {b}' if b is not None else ''}", 'inference cost': f'{r.latency_ms:.3g} vs {s:.3g} ms/token',
+                     'CE difference [95% CI]': f'latency {ratio:.2f}x (one timing each)', 'verdict': 'supported' if oks[-1] else 'not supported'})
+    return _verdict(name, all(oks), ' '.join(lines), rows)
 
 # %% ../nbs/80_report.ipynb #5210bd00
 def win_conditions(df:pd.DataFrame, # `collect_runs` table
@@ -338,6 +374,13 @@ def win_conditions(df:pd.DataFrame, # `collect_runs` table
     lb = leaderboard(df)
     if 'large_size' in df: lb = lb.merge(df.groupby(_keys(df))['large_size'].first().reset_index(), on=_keys(df), how='left')
     return pd.DataFrame([win_headline_pair(lb, df), win_ensemble_vs_matched(lb, df=df), win_specialization(lb, df), win_latency(lat, latency_tol)])
+
+_WIN_COLS = ['comparison', 'test ppl', 'training cost', 'inference cost', 'CE difference [95% CI]', 'verdict']
+
+def win_table(wc:pd.DataFrame)->pd.DataFrame:
+    "The win conditions as one table: a row per comparison under its condition ('-' where a column does not apply)."
+    rows = [{'condition': r.condition, **x} for r in wc.itertuples() for x in (r.rows or [dict(comparison=r.evidence, verdict=r.verdict)])]
+    return pd.DataFrame(rows, columns=['condition'] + _WIN_COLS).fillna('-')
 
 # %% ../nbs/80_report.ipynb #f1a00002
 def entry_cis(df:pd.DataFrame, lb:pd.DataFrame, n_boot:int=1000)->pd.DataFrame:
@@ -352,8 +395,6 @@ def entry_cis(df:pd.DataFrame, lb:pd.DataFrame, n_boot:int=1000)->pd.DataFrame:
             sd = d.get('test_ppl_sd'); sd = 0. if sd is None or pd.isna(sd) else sd
             lo.append(d['test_ppl_mean'] - sd); hi.append(d['test_ppl_mean'] + sd); how.append('± sd' if sd else 'one run')
     return lb.assign(ppl_lo=lo, ppl_hi=hi, interval=how)
-
-def _label(d:dict)->str: return f"{d.get('variant', d['method'])} K={d.get('cfg_K', d['K']) if d['method'] in ('single_matched', 'single_large') else d['K']} {d.get('size', '')}"
 
 def plot_leaderboard(lc:pd.DataFrame, ax=None):
     "Dot plot of test perplexity per entry with its interval (log axis), the bigram floor dashed."
@@ -386,6 +427,203 @@ def plot_pareto(lc:pd.DataFrame, ax=None):
     ax.legend(fontsize=8)
     return ax
 
+# %% ../nbs/80_report.ipynb #279bffc9
+_TC_COLS = ['entry', 'task', 'interval', 'n', 'seeds', 'acc', 'acc_lo', 'acc_hi', 'chance', 'gold_ll', 'gold_ll_lo', 'gold_ll_hi',
+            'answer_ece', 'answer_ece_informative', 'answer_ece_note']
+
+def _run_items(path)->dict:
+    "The per-item task records of one run folder ({} without `task_items.json`)."
+    if not (Path(path)/'task_items.json').exists(): return {}
+    from ens_distill.lmeval import task_items
+    return task_items(path)
+
+def task_cis(df:pd.DataFrame, # `collect_runs` table
+             n_boot:int=1000)->pd.DataFrame:
+    "Per entry and task: accuracy (and gold log-likelihood, answer ECE) with 95% CIs from per-item records, else the seed mean and 'n/a (no per-item data)'."
+    rows, ts = [], task_names(df) if len(df) else []
+    for d in leaderboard(df).to_dict('records'):
+        recs = [_run_items(p) for p in _seeds_of(df, d).path] if 'path' in df else []
+        for t in sorted(set(ts) | {t for r in recs for t in r}):
+            rs = [r[t] for r in recs if t in r]; rs = [r for r in rs if r['id'] == rs[0]['id']]
+            if rs:
+                from ens_distill.lmeval import task_summary
+                rows.append(dict(entry=_label(d), task=t, interval='95% CI over items' + (' and seeds' if len(rs) > 1 else ''), **task_summary(rs, n_boot)))
+            elif not pd.isna(d.get(f'acc_{t}_mean', np.nan)):
+                rows.append(dict(entry=_label(d), task=t, interval='n/a (no per-item data)', acc=d[f'acc_{t}_mean'], seeds=d.get(f'acc_{t}_n')))
+    return pd.DataFrame(rows, columns=_TC_COLS)
+
+# %% ../nbs/80_report.ipynb #dfbfe676
+def _task_order(tasks)->list:
+    "Headline tasks (`lmeval.HEADLINE_TASKS`) first, then the others alphabetically."
+    from ens_distill.lmeval import HEADLINE_TASKS
+    return [t for t in HEADLINE_TASKS if t in set(tasks)] + sorted(t for t in set(tasks) if t not in HEADLINE_TASKS)
+
+def task_ci_table(tc:pd.DataFrame)->pd.DataFrame:
+    "Accuracy per entry (rows) and task (columns): 'acc [lo, hi]' (95% CI) or 'acc; CI n/a (no per-item data)'; headline tasks first, marked *."
+    if tc.empty: return pd.DataFrame()
+    from ens_distill.lmeval import HEADLINE_TASKS
+    cell = lambda r: f"{r.acc:.3f} [{r.acc_lo:.3f}, {r.acc_hi:.3f}]" if not pd.isna(r.acc_lo) else f"{r.acc:.3f}; CI n/a (no per-item data)"
+    w = tc.assign(cell=[cell(r) for r in tc.itertuples()]).pivot(index='entry', columns='task', values='cell')
+    w = w[_task_order(w.columns)].reindex(list(dict.fromkeys(tc.entry))).fillna('-')
+    return w.rename(columns=lambda t: t.removeprefix('ed_') + ('*' if t in HEADLINE_TASKS else '')).reset_index()
+
+def task_evidence_table(tc:pd.DataFrame)->pd.DataFrame:
+    "Entries with per-item records: accuracy and mean gold log-likelihood (nats, summed over the answer's tokens) with 95% CIs, chance, answer ECE."
+    d = tc[tc.acc_lo.notna()] if len(tc) else tc
+    if d.empty: return pd.DataFrame()
+    ci = lambda m, lo, hi, k: 'n/a (generation)' if m is None or pd.isna(m) else f'{m:.{k}f} [{lo:.{k}f}, {hi:.{k}f}]'
+    ece = lambda r: 'n/a (open answer)' if r.answer_ece is None or pd.isna(r.answer_ece) else f'{r.answer_ece:.3f}' + ('' if r.answer_ece_informative else ' (uninformative: accuracy near 0)')
+    return pd.DataFrame({'entry': d.entry, 'task': d.task.str.removeprefix('ed_'), 'items': d.n.astype(int), 'seeds': d.seeds.astype(int),
+                         'accuracy [95% CI]': [ci(*v, 3) for v in zip(d.acc, d.acc_lo, d.acc_hi)], 'chance': d.chance.map(lambda v: f'{v:.3f}'),
+                         'gold log-likelihood, nats [95% CI]': [ci(*v, 2) for v in zip(d.gold_ll, d.gold_ll_lo, d.gold_ll_hi)],
+                         'answer ECE': [ece(r) for r in d.itertuples()]}).reset_index(drop=True)
+
+# %% ../nbs/80_report.ipynb #22ab340c
+def plot_tasks(tc:pd.DataFrame, axs=None):
+    "Accuracy per task (a panel each) and entry: dots with 95% CI bars from per-item records, hollow dots without them, chance dashed."
+    import matplotlib.pyplot as plt
+    ts, ents = _task_order(tc.task), list(dict.fromkeys(tc.entry))
+    if axs is None: axs = plt.subplots(1, len(ts), figsize=(2.6 * len(ts) + 2.5, .28 * len(ents) + 1.6), sharey=True, squeeze=False)[1][0]
+    for ax, t in zip(axs, ts):
+        g = tc[tc.task == t]; y = g.entry.map({e: i for i, e in enumerate(ents)}); ci = g.acc_lo.notna()
+        ax.errorbar(g.acc[ci], y[ci], xerr=[g.acc[ci] - g.acc_lo[ci], g.acc_hi[ci] - g.acc[ci]], fmt='o', ms=4, capsize=2, c='C0', label='95% CI over items')
+        ax.plot(g.acc[~ci], y[~ci], 'o', mfc='none', ms=4, c='C1', label='no per-item data (no CI)')
+        if g.chance.notna().any(): ax.axvline(g.chance.dropna().iloc[0], ls='--', c='grey', lw=1, label='chance')
+        ax.set_xlim(0, min(1, np.nanmax(np.r_[g.acc, g.acc_hi.astype(float)]) + .1)); ax.set_title(t.removeprefix('ed_'), fontsize=9); ax.set_xlabel('accuracy (fraction correct)', fontsize=8); ax.tick_params(labelsize=7)
+    axs[0].set_yticks(range(len(ents)), ents, fontsize=8)
+    h = {l: x for ax in axs for x, l in zip(*ax.get_legend_handles_labels())}
+    axs[-1].legend(h.values(), h.keys(), fontsize=7, loc='lower right')
+    return axs
+
+# %% ../nbs/80_report.ipynb #a95e0002
+_DEFAULT = dict(objective='fkl', alpha=1.0, tau=1.0)
+
+def _pick(lb:pd.DataFrame, **sel)->pd.DataFrame:
+    "Leaderboard rows whose columns equal `sel` (a list: any of them), best first; columns lb lacks are ignored."
+    m = np.ones(len(lb), bool)
+    for k, v in sel.items():
+        if k in lb: m &= lb[k].isin(v if isinstance(v, (list, tuple, set)) else [v]).values
+    return lb[m].sort_values('test_ppl_mean')
+
+def _setting(d:dict)->str: return f"{d.get('objective', 'fkl')}, alpha {d.get('alpha', 1):g}, tau {d.get('tau', 1):g}"
+
+def _vs(df:pd.DataFrame, a:dict, b:dict)->tuple:
+    "('a ppl vs b ppl: CE difference [CI]', verdict) for leaderboard entries a and b (a better: supported)."
+    ci = paired_ce(df, a, b)
+    return (f"{_label(a)} {_pm(a['test_ppl_mean'], a.get('test_ppl_sd'))} vs {_label(b)} {_pm(b['test_ppl_mean'], b.get('test_ppl_sd'))} "
+            f"(test ppl): CE difference {_diff(df, a, b, ci)}", ci['verdict'] if ci else 'inconclusive')
+
+# %% ../nbs/80_report.ipynb #a95e0004
+def _q_members(df, lb)->tuple:
+    "How to train the members: the best ensemble method (default objective) against independent seeds."
+    from ens_distill.methods import method_names
+    e = _pick(lb, method=method_names(ensemble=True), **_DEFAULT); e = e[e.K > 1]
+    base = _pick(e, method='independent')
+    if base.empty or len(e) < 2: return 'no ensemble runs besides independent seeds at the default objective', 'no data'
+    other = _pick(e[(e.K == base.K.iloc[0]) & (e['size'] == base['size'].iloc[0])], method=[m for m in e.method.unique() if m != 'independent'])
+    if other.empty: return 'no other ensemble method at the K and size of the independent runs', 'no data'
+    t, v = _vs(df, other.iloc[0].to_dict(), base.iloc[0].to_dict())
+    return f"Best of {other.variant.nunique() + 1} ways to train the members: {t}. Worst: {_label(other.iloc[-1])} {_pm(other.test_ppl_mean.iloc[-1], other.test_ppl_sd.iloc[-1])}.", v
+
+def _q_objective(df, lb)->tuple:
+    "Which objective: per method with several settings, its best setting against the default (forward KL, alpha 1, tau 1)."
+    lines, vs = [], []
+    for m, g in lb.groupby('method'):
+        base = _pick(g, **_DEFAULT); other = g.drop(base.index).sort_values('test_ppl_mean')
+        if base.empty or other.empty: continue
+        t, v = _vs(df, other.iloc[0].to_dict(), base.iloc[0].to_dict()); vs.append(v)
+        lines.append(f"{m}: the best setting ({_setting(other.iloc[0])}) {t}; the worst ({_setting(other.iloc[-1])}) {_pm(other.test_ppl_mean.iloc[-1], other.test_ppl_sd.iloc[-1])}.")
+    return (' '.join(lines), _aggregate(vs)) if lines else ('no runs vary the objective, alpha or tau', 'no data')
+
+# %% ../nbs/80_report.ipynb #a95e0005
+def _q_special(df, lb)->tuple:
+    "Whether specialization helps: c-BTM cluster specialists against independent members (win condition 2)."
+    w = win_specialization(lb, df)
+    if not w['rows']: return w['evidence'], w['verdict']
+    return 'c-BTM specialists against independent members: ' + '; '.join(f"{r['comparison']}: {r['test ppl']} (test ppl), CE difference {r['CE difference [95% CI]']}" for r in w['rows']) + '.', w['verdict']
+
+def _q_data(df, lb)->tuple:
+    "What data: members distilled on teacher-generated text (synthetic) against corpus text (independent), untrained members as the floor."
+    s, i = _pick(lb, method='synthetic', **_DEFAULT), _pick(lb, method='independent', **_DEFAULT)
+    if s.empty or i.empty: return 'no synthetic-data run with an independent baseline', 'no data'
+    t, v = _vs(df, s.iloc[0].to_dict(), i.iloc[0].to_dict())
+    raw = _pick(lb, method='raw')
+    return f"Teacher-generated continuations against corpus text, both distilled from the teacher's top-k: {t}." + (
+        f" Untrained members score {_pm(raw.test_ppl_mean.iloc[0], raw.test_ppl_sd.iloc[0])}." if len(raw) else ''), v
+
+# %% ../nbs/80_report.ipynb #a95e0007
+def _q_packed(bench:dict|None, lat:pd.DataFrame|None)->tuple:
+    "Packed vs loop: training throughput and generation latency of K members in one batched pass against a loop over them."
+    tok = {(r['mode'], r['K']): r['tok_s'] for r in (bench or {}).get('cpu', [])}
+    parts = [f"K={k}: {tok['packed', k]:,.0f} vs {tok['loop', k]:,.0f} tokens/s ({tok['packed', k] / tok['loop', k]:.2f}x)"
+             for k in sorted(k for m, k in tok if m == 'packed' and ('loop', k) in tok and k > 1)]
+    out = ['Training throughput, packed vs loop (fp32): ' + ', '.join(parts)] if parts else []
+    if lat is not None and len(lat) and {'method', 'K', 'batch'} <= set(lat):
+        j = lat[lat.method == 'packed'].merge(lat[lat.method == 'loop'], on=['K', 'batch'], suffixes=('', '_l'))
+        if len(j): out.append('generation latency: ' + ', '.join(f"K={r.K} batch {r.batch}: {r.latency_ms:.3g} vs {r.latency_ms_l:.3g} ms/token ({r.latency_ms / r.latency_ms_l:.2f}x)" for r in j[j.K > 1].itertuples()))
+    return ('; '.join(out) + '. Each setting was timed once on a shared CPU, so there is no CI.', 'no CI') if out else ('no packed vs loop benchmark', 'no data')
+
+def _q_scaling(sweeps:pd.DataFrame|None, n_boot:int=200)->tuple:
+    "The scaling law: L(K, N) = E + A N^-a + B K^-b per sweep, and whether its K term is pinned down (B and b > 0 with 95% bootstrap CIs)."
+    from ens_distill.scaling import fit_sweep
+    lines, vs = [], []
+    for name, t in (sweeps.groupby('sweep') if sweeps is not None and len(sweeps) else []):
+        f = fit_sweep(t, 'test_ce', n_boot=n_boot)['KN']
+        if f is None: continue
+        ci = f.ci(); p = f.params
+        vs.append('supported' if ci['B'][0] > 0 and ci['b'][0] > .01 else 'contradicted' if ci['B'][1] < 0 else 'inconclusive')
+        lines.append(f"{name} ({f.n} points, K {t.K.min():.0f}-{t.K.max():.0f}, member sizes {', '.join(t['size'].unique())}): test CE = E + A N^-a + B K^-b "
+                     f"fits with rmse {f.rmse:.3f} nats; the member term B = {p['B']:.3g} [95% CI {ci['B'][0]:.3g}, {ci['B'][1]:.3g}], b = {p['b']:.2f} [{ci['b'][0]:.2g}, {ci['b'][1]:.2g}].")
+    return (' '.join(lines), _aggregate(vs)) if lines else ('no sweep tables', 'no data')
+
+# %% ../nbs/80_report.ipynb #a95e0008
+QUESTIONS = ['How should the members be trained?', 'Which distillation objective?', 'Does specialization help?',
+             'What data should the members see?', 'Packed or a loop over members?', 'Is there a scaling law in K?']
+
+def answers(df:pd.DataFrame, # `collect_runs` table
+            lat:pd.DataFrame|None=None, # `load_latency` table
+            sweeps:pd.DataFrame|None=None, # `scaling.load_sweeps` table
+            bench:dict|None=None, # the packed vs loop benchmark (reports/bench_packed.json)
+            n_boot:int=200)->pd.DataFrame: # bootstrap refits of the scaling fits
+    "One row per research question: the answer with its numbers and CIs, and the verdict."
+    lb = leaderboard(df)
+    res = [_q_members(df, lb), _q_objective(df, lb), _q_special(df, lb), _q_data(df, lb), _q_packed(bench, lat), _q_scaling(sweeps, n_boot)] if len(lb) else \
+          [('no runs', 'no data')] * 4 + [_q_packed(bench, lat), _q_scaling(sweeps, n_boot)]
+    return pd.DataFrame([dict(question=q, answer=a, verdict=v) for q, (a, v) in zip(QUESTIONS, res)])
+
+# %% ../nbs/80_report.ipynb #a95e0010
+_NOT_RESULTS = ('application/vnd.jupyter.widget-view+json', 'application/vnd.jupyter.widget-state+json', 'application/javascript')
+
+def _small_png(b64:str)->str:
+    "A base64 PNG reduced to 256 colours, when that is smaller (matplotlib figures shrink about 3x)."
+    import base64, io
+    from PIL import Image
+    buf = io.BytesIO(); Image.open(io.BytesIO(base64.b64decode(b64))).convert('RGB').quantize(256).save(buf, 'PNG', optimize=True)
+    small = base64.b64encode(buf.getvalue()).decode()
+    return small if len(small) < len(b64) else b64
+
+def _slim(nb)->None:
+    "Keep only results in an executed notebook: no stderr (warnings, progress bars), widgets or scripts; PNGs in 256 colours."
+    nb.metadata.pop('widgets', None)
+    for c in nb.cells:
+        if c.cell_type != 'code': continue
+        c.outputs = [o for o in c.outputs if not (o.get('output_type') == 'stream' and o.get('name') == 'stderr') and not set(o.get('data', {})) & set(_NOT_RESULTS)]
+        for o in c.outputs:
+            if 'image/png' in o.get('data', {}): o.data['image/png'] = _small_png(o.data['image/png'])
+            if 'text/html' in o.get('data', {}):                            # table cells: NaN as n/a, inf as the symbol
+                h = re.sub(r'<td>\s*(NaN|nan|None)\s*</td>', '<td>n/a</td>', ''.join(o.data['text/html']))
+                o.data['text/html'] = re.sub(r'<td>\s*(-?)inf\s*</td>', r'<td>\1∞</td>', h)
+
+def _alts(body:str, title:str)->str:
+    "Give each figure nbconvert left without a description the alt text 'Figure: <the heading above it>'."
+    from bs4 import BeautifulSoup
+    soup = BeautifulSoup(body, 'html.parser')
+    for img in soup.find_all('img'):
+        if img.get('alt', '').strip() and not img['alt'].startswith('No description'): continue
+        h = img.find_previous(['h1', 'h2', 'h3', 'h4'])
+        img['alt'] = f"Figure: {(h.get_text(strip=True).rstrip('¶') if h else title)}"
+    return str(soup)
+
 # %% ../nbs/80_report.ipynb #50243df7
 def _find_report_nb()->Path:
     "nbs/report.ipynb of this checkout (next to the package, or under the working directory)."
@@ -394,12 +632,15 @@ def _find_report_nb()->Path:
         if p.exists(): return p
     raise EnsDistillError("nbs/report.ipynb not found; run publish from the repository root or pass report_nb")
 
-SITE_CSS = """body{font-family:system-ui,sans-serif;max-width:72em;margin:0 auto;padding:0 1.5em 3em;line-height:1.45;color:#222}
+SITE_CSS = """body{font-family:system-ui,sans-serif;max-width:80em;margin:0 auto;padding:0 1.5em 3em;line-height:1.45;color:#222}
 nav{position:sticky;top:0;background:#f6f6f6;border-bottom:1px solid #ddd;padding:.5em 1.5em;margin:0 -1.5em 1em}
-nav a{margin-right:1.2em}table{border-collapse:collapse;margin:1em 0;font-size:.9em;display:block;overflow-x:auto;max-width:100%}
-th,td{border-bottom:1px solid #e4e4e4;padding:.25em .7em;text-align:right}th{background:#fafafa}td:first-child,th:first-child{text-align:left}
+nav a{margin-right:1.2em}table{border-collapse:collapse;margin:1em 0;font-size:.85em;display:block;overflow-x:auto;max-width:100%}
+th,td{border-bottom:1px solid #e4e4e4;padding:.25em .7em;text-align:right}th{background:#fafafa;overflow-wrap:anywhere}td:first-child,th:first-child{text-align:left}
 img{max-width:100%;height:auto}pre{white-space:pre-wrap;background:#f8f8f8;padding:.6em;overflow-x:auto}
-.jp-InputArea,.jp-InputPrompt,.jp-OutputPrompt{display:none}"""
+.jp-InputArea,.jp-InputPrompt,.jp-OutputPrompt{display:none}.lead{font-size:1.05em;color:#444}.note{font-size:.85em;color:#555}
+dl.answers dt{font-weight:600;margin-top:.9em}dl.answers dd{margin:.2em 0 0 1.2em}td{vertical-align:top}
+tr.cond th{text-align:left;background:#eef2f7;padding-top:.5em}.v{padding:0 .45em;border-radius:3px;font-size:.85em;white-space:nowrap;background:#eee}
+.v-supported{background:#d6efd6}.v-contradicted,.v-not{background:#f6d5d5}"""
 
 def _page(title:str, body:str, depth:int=0, nav:list=())->str:
     "One site page: a title, the nav bar (links relative to `depth` folders down) and the shared stylesheet."
@@ -418,30 +659,67 @@ def _title(nb, default:str)->str:
     return default
 
 def render_html(nb_path, out_path, hide_code:bool=True, depth:int=0, nav:list=())->Path:
-    "Render one notebook as a site page: no code (when `hide_code`), no stderr, images inline, the site's stylesheet and nav bar."
+    "Render one notebook as a site page: no code (when `hide_code`), only results (`_slim`), figures with alt text, the site's stylesheet and nav bar."
     import nbformat
     from nbconvert import HTMLExporter
-    nb = nbformat.read(str(nb_path), as_version=4)
-    for c in nb.cells:                                                     # warnings and progress bars are not results
-        if c.cell_type == 'code': c.outputs = [o for o in c.outputs if not (o.get('output_type') == 'stream' and o.get('name') == 'stderr')]
+    nb = nbformat.read(str(nb_path), as_version=4); _slim(nb)
     ex = HTMLExporter(template_name='basic', embed_images=True, exclude_input=hide_code, exclude_input_prompt=True, exclude_output_prompt=True)
-    body, _ = ex.from_notebook_node(nb)
+    title = _title(nb, Path(nb_path).stem)
+    body = _alts(ex.from_notebook_node(nb)[0], title)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_path).write_text(_page(_title(nb, Path(nb_path).stem), body, depth, nav), encoding='utf-8')
+    Path(out_path).write_text(_page(title, body, depth, nav), encoding='utf-8')
     return Path(out_path)
 
 # %% ../nbs/80_report.ipynb #f040d9bd
-def _index_html(entries:list, title:str, nav:list=())->str:
-    "index.html: a table of links with each page's note."
+def _badge(v:str)->str: return f'<span class="v v-{html.escape(v.split()[0])}">{html.escape(v)}</span>'
+
+def _answers_html(an:pd.DataFrame)->str:
+    "The research questions as a definition list: question and verdict, then the answer."
+    return '<dl class="answers">' + ''.join(f'<dt>{html.escape(r.question)} {_badge(r.verdict)}</dt><dd>{html.escape(r.answer)}</dd>' for r in an.itertuples()) + '</dl>'
+
+def _wins_html(wt:pd.DataFrame)->str:
+    "The win-conditions table: one header row per condition, then its comparisons."
+    cols = [c for c in wt if c != 'condition']
+    head = '<tr>' + ''.join(f'<th>{html.escape(c)}</th>' for c in cols) + '</tr>'
+    body = ''
+    for cond, g in wt.groupby('condition', sort=False):
+        body += f'<tr class="cond"><th colspan="{len(cols)}">{html.escape(cond)}</th></tr>'
+        body += ''.join('<tr>' + ''.join(f'<td>{_badge(v) if c == "verdict" else html.escape(str(v))}</td>' for c, v in r.items()) + '</tr>' for r in g[cols].to_dict('records'))
+    note = ' n/a: the runs did not record it (inference FLOPs per token are recorded by runs since issue #15).' if wt.isin(['n/a vs n/a FLOPs/token']).any().any() else ''
+    return f'<table id="wins">{head}{body}</table><p class="note">Costs are A vs B. Latency rows: one timing each, no CI.{note}</p>'
+
+def _index_html(entries:list, title:str, nav:list=(), lead:str='', an=None, wt=None)->str:
+    "index.html: the answers to the research questions, the win-conditions table, then the pages with a note each."
     rows = '\n'.join(f'<tr><td><a href="{html.escape(h)}">{html.escape(n)}</a></td><td>{html.escape(d)}</td></tr>' for n, h, d in entries)
-    return _page(title, f'<h1>{html.escape(title)}</h1><p>Generated {time.strftime("%Y-%m-%d %H:%M")}.</p>'
-                        f'<table id="pages"><tr><th>page</th><th>about</th></tr>\n{rows}\n</table>', 0, nav)
+    top = (f'<h2>Answers</h2>{_answers_html(an)}' if an is not None else '') + (f'<h2>Win conditions</h2>{_wins_html(wt)}' if wt is not None else '')
+    return _page(title, f'<h1>{html.escape(title)}</h1><p class="lead">{lead}</p>{top}'
+                        f'<h2>Pages</h2><table id="pages"><tr><th>page</th><th>about</th></tr>\n{rows}\n</table>', 0, nav)
+
+def _param(k:str, v)->str:
+    "One papermill parameter for reading: dicts and lists spelled out, long lists counted."
+    if isinstance(v, dict): return ', '.join(_param(a, b) for a, b in v.items())
+    if isinstance(v, (list, tuple)): v = f'{len(v)} settings' if len(v) > 4 or any(isinstance(x, (list, dict)) for x in v) else ', '.join(map(str, v))
+    return f"{k.replace('_', ' ')} {'no' if v is False else 'yes' if v is True else v}"
 
 def _run_note(nb_path:Path)->str:
-    "A one-line note for a run notebook: its papermill parameters."
+    "A one-line note for a run notebook: its papermill parameters, for reading."
     import nbformat
     p = nbformat.read(str(nb_path), as_version=4).metadata.get('papermill', {}).get('parameters', {})
-    return ', '.join(f'{k}={v}' for k, v in p.items() if k not in ('out_dir', 'cache_dir', 'data_dir')) or 'executed notebook'
+    return '; '.join(_param(k, v) for k, v in p.items() if k not in ('out_dir', 'cache_dir', 'data_dir')) or 'executed notebook'
+
+
+# %% ../nbs/80_report.ipynb #a95e0013
+def _front(runs_dir, sweeps_dir, latency, bench, n_boot:int, entries:list, nav:list)->str:
+    "index.html from the runs, sweeps and benchmarks: the answers, the win-conditions table and the pages."
+    from ens_distill.scaling import load_sweeps
+    df, lat = collect_runs(runs_dir), load_latency(latency)
+    b = json.loads(Path(bench).read_text()) if bench and Path(bench).exists() else None
+    an = answers(df, lat, load_sweeps(sweeps_dir), b, n_boot)
+    lead = (f'What {len(df)} runs ({len(leaderboard(df))} configurations) in <code>{html.escape(str(runs_dir))}</code> say, built '
+            f'{time.strftime("%Y-%m-%d")}. A verdict is <em>supported</em> only when the 95% CI of the difference excludes 0 in the claimed '
+            f'direction, <em>contradicted</em> when it excludes 0 the other way, else <em>inconclusive</em>; runs that saved no per-block '
+            f'test data give no CI. Test perplexities are mean ± sd over seeds.')
+    return _index_html(entries, 'ens_distill: what the study found', nav, lead, an, win_table(win_conditions(df, lat)))
 
 # %% ../nbs/80_report.ipynb #04d02a92
 def publish(runs_dir='reports/study', # executed run notebooks (*.ipynb) and run folders
@@ -449,6 +727,7 @@ def publish(runs_dir='reports/study', # executed run notebooks (*.ipynb) and run
             execute:bool=True, # execute the report notebook first (papermill)
             sweeps_dir='reports/study-sweeps', # sweep tables (`run_scaling`)
             latency='reports/latency.json', # latency benchmark JSON (optional)
+            bench='reports/bench_packed.json', # packed vs loop benchmark JSON (optional)
             report_nb=None, # the report notebook (default nbs/report.ipynb)
             executed_nb=None, # where the executed report goes (default: next to runs_dir, report.ipynb)
             n_boot:int=200, # bootstrap refits for the scaling fits
@@ -464,6 +743,7 @@ def publish(runs_dir='reports/study', # executed run notebooks (*.ipynb) and run
                             parameters=dict(runs_dir=str(runs_dir.resolve()), sweeps_dir=str(Path(sweeps_dir).resolve()),
                                             latency_path=str(Path(latency).resolve()), n_boot=n_boot))
     if not done.exists(): raise EnsDistillError(f"{done} does not exist; call publish with execute=True first")
+    old = {n: (site/n).read_bytes() for n in SHOTS if (site/n).exists()}   # screenshots of the last build, kept without a browser
     if site.exists(): shutil.rmtree(site)
     entries = [('Report', 'report.html', 'leaderboard, ablations, scaling, calibration/OOD, win conditions')]
     nav = [('Report', 'report.html')]
@@ -471,7 +751,9 @@ def publish(runs_dir='reports/study', # executed run notebooks (*.ipynb) and run
     render_html(done, site/'report.html', nav=nav)
     for nb in sorted(runs_dir.glob('*.ipynb')):
         render_html(nb, site/'runs'/f'{nb.stem}.html', depth=1, nav=nav); entries.append((nb.stem, f'runs/{nb.stem}.html', _run_note(nb)))
-    (site/'index.html').write_text(_index_html(entries, 'ens_distill report', nav), encoding='utf-8')
+    (site/'index.html').write_text(_front(runs_dir, sweeps_dir, latency, bench, n_boot, entries, nav), encoding='utf-8')
+    if _chromium() and (site/'report.html').read_text().count('Figure: Leaderboard'): screenshots(site)
+    else: [(site/n).write_bytes(b) for n, b in old.items()]
     return site/'index.html'
 
 # %% ../nbs/80_report.ipynb #06a19e89
@@ -480,7 +762,126 @@ def publish_cli(runs_dir:str='reports/study', # executed run notebooks and run f
                 site_dir:str='reports/site', # output folder of the HTML site
                 sweeps_dir:str='reports/study-sweeps', # sweep tables
                 latency:str='reports/latency.json', # latency benchmark JSON (optional)
+                bench:str='reports/bench_packed.json', # packed vs loop benchmark JSON (optional)
                 no_execute:bool=False, # render the already executed report instead of running it again
                 n_boot:int=200): # bootstrap refits for the scaling fits
     "Execute nbs/report.ipynb and publish it with every executed run notebook as HTML under site_dir."
-    print(publish(runs_dir, site_dir, not no_execute, sweeps_dir, latency, n_boot=n_boot))
+    print(publish(runs_dir, site_dir, not no_execute, sweeps_dir, latency, bench, n_boot=n_boot))
+
+# %% ../nbs/80_report.ipynb #a95e0021
+def _chromium()->str|None:
+    "The headless Chromium on PATH (Debian `chromium`), or None."
+    return next((shutil.which(b) for b in ('chromium', 'chromium-browser', 'google-chrome') if shutil.which(b)), None)
+
+async def _cdp(browser:str, jobs:list, width:int, height:int, timeout:float)->list:
+    "Run (url, js, png, clip_js) jobs in one headless Chromium: load url, return js's value; save a screenshot to png (clipped to clip_js's rect)."
+    import aiohttp, asyncio, base64, subprocess, tempfile
+    with tempfile.TemporaryDirectory() as prof:
+        proc = subprocess.Popen([browser, '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--hide-scrollbars',
+                                 f'--window-size={width},{height}', f'--user-data-dir={prof}', '--remote-debugging-port=0', 'about:blank'],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            port = Path(prof)/'DevToolsActivePort'
+            for _ in range(int(timeout * 10)):
+                if port.exists() and port.read_text().strip(): break
+                await asyncio.sleep(.1)
+            else: raise EnsDistillError(f"{browser} did not start within {timeout} s")
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f'http://127.0.0.1:{port.read_text().split()[0]}/json/list') as r: tabs = await r.json()
+                async with s.ws_connect(next(t['webSocketDebuggerUrl'] for t in tabs if t['type'] == 'page'), max_msg_size=0) as ws:
+                    return await _cdp_jobs(ws, jobs, width, height, timeout)
+        finally: proc.terminate(); proc.wait()
+
+# %% ../nbs/80_report.ipynb #a95e0022
+async def _cdp_jobs(ws, jobs:list, width:int, height:int, timeout:float)->list:
+    "The jobs of `_cdp` on one DevTools websocket."
+    import base64
+    n = 0
+    async def call(method, wait=None, **params):
+        nonlocal n; n += 1; await ws.send_json(dict(id=n, method=method, params=params)); res, seen = None, wait is None
+        while res is None or not seen:
+            m = json.loads((await ws.receive(timeout=timeout)).data)
+            if m.get('id') == n: res = m
+            elif m.get('method') == wait: seen = True
+        if 'error' in res: raise EnsDistillError(f"Chromium {method}: {res['error']}")
+        return res['result']
+    await call('Page.enable'); await call('Emulation.setDeviceMetricsOverride', width=width, height=height, deviceScaleFactor=1, mobile=False)
+    out = []
+    for url, js, png, clip_js in jobs:
+        await call('Page.navigate', 'Page.loadEventFired', url=url)
+        ev = lambda e: call('Runtime.evaluate', expression=e, returnByValue=True)
+        out.append((await ev(js))['result'].get('value') if js else None)
+        if png:
+            clip = (await ev(clip_js))['result'].get('value') if clip_js else None
+            if clip_js and not clip: raise EnsDistillError(f"{url}: nothing to screenshot ({clip_js[:60]})")
+            r = await call('Page.captureScreenshot', format='png', **(dict(clip={**clip, 'scale': 1}, captureBeyondViewport=True) if clip else {}))
+            Path(png).write_bytes(base64.b64decode(r['data']))
+    return out
+
+def _browse(browser:str, jobs:list, width:int=1400, height:int=900, timeout:float=60)->list:
+    "`_cdp` from synchronous code (in a thread of its own, so it also runs under a notebook's event loop)."
+    import asyncio, concurrent.futures
+    with concurrent.futures.ThreadPoolExecutor(1) as ex: return ex.submit(asyncio.run, _cdp(browser, jobs, width, height, timeout)).result()
+
+# %% ../nbs/80_report.ipynb #a95e0024
+_PAGE_JS = r"""(() => {
+  const b = document.body ? document.body.cloneNode(true) : document.createElement('body'), d = document.documentElement, attr = (s, a) => [...document.querySelectorAll(s)].map(e => e.getAttribute(a));
+  b.querySelectorAll(':not(pre) > code').forEach(e => e.remove()); document.documentElement.appendChild(b); const txt = b.innerText; b.remove();   // inline code names things
+  const bad = [...txt.matchAll(/\b(NaN|nan|Infinity)\b|(^|[^\w.])[-+]?inf\b|Traceback/g)].slice(0, 3).map(m => txt.slice(Math.max(0, m.index - 30), m.index + 20).replace(/\s+/g, ' '));
+  const wide = [...document.querySelectorAll('body *')].filter(e => ['auto', 'scroll'].includes(getComputedStyle(e).overflowX) && e.scrollWidth > e.clientWidth + 1)
+                 .map(e => `${e.tagName.toLowerCase()}${e.id ? '#' + e.id : ''} ${e.scrollWidth}px in ${e.clientWidth}px`);
+  return {title: document.title, scroll: d.scrollWidth, client: d.clientWidth, bad, wide, ids: [...document.querySelectorAll('[id],a[name]')].map(e => e.id || e.name),
+          noalt: [...document.images].filter(i => !(i.alt || '').trim() || i.alt.startsWith('No description')).length,
+          unloaded: [...document.images].filter(i => !i.complete || !i.naturalWidth).length,
+          links: attr('a[href]', 'href'), res: attr('link[href]', 'href').concat(attr('img[src],script[src],iframe[src]', 'src'))};
+})()"""
+
+def _link_problems(page:Path, site:Path, r:dict)->list:
+    "Broken local links and anchors, and resources (scripts, stylesheets, images) fetched from the network."
+    from urllib.parse import unquote, urlsplit
+    out = []
+    for h, res in [(h, False) for h in r['links']] + [(h, True) for h in r['res']]:
+        u = urlsplit(h)
+        if u.scheme in ('data', 'mailto', 'javascript'): continue
+        if u.scheme or h.startswith('//'):
+            if res: out.append(f'loads {h[:80]} from the network')
+            continue
+        if not u.path:
+            if u.fragment and u.fragment not in r['ids']: out.append(f'anchor {h} not on the page')
+            continue
+        p = (page.parent/unquote(u.path)).resolve()
+        if not p.exists() or site not in (p, *p.parents): out.append(f'broken link {h}')
+    return out
+
+# %% ../nbs/80_report.ipynb #a95e0025
+def _page_problems(page:Path, site:Path, r:dict, width:int)->list:
+    "What a reader would trip over on one rendered page (the `_PAGE_JS` record)."
+    out = [] if r['title'].strip() else ['no <title>']
+    if r['bad']: out.append('NaN/inf/Traceback text: ' + ' | '.join(r['bad']))
+    if r['noalt']: out.append(f"{r['noalt']} image(s) without alt text")
+    if r['unloaded']: out.append(f"{r['unloaded']} image(s) that do not load")
+    if r['scroll'] > r['client']: out.append(f"the page overflows sideways at {width} px ({r['scroll']} px wide)")
+    if r['wide']: out.append('scrolls sideways inside: ' + ', '.join(r['wide'][:4]))
+    return out + _link_problems(page, site, r)
+
+def check_site(site_dir, # a published site (`publish`)
+               browser:str|None=None, # Chromium executable (default: `chromium` on PATH)
+               width:int=1400, height:int=900)->list: # window size
+    "Render every page of the site in headless Chromium; the problems found, one line each (empty: the site is fine)."
+    site, browser = Path(site_dir).resolve(), browser or _chromium()
+    if browser is None: raise EnsDistillError("check_site needs headless Chromium (Debian: apt-get install chromium)")
+    pages = sorted(site.rglob('*.html'))
+    recs = _browse(browser, [(p.as_uri(), _PAGE_JS, None, None) for p in pages], width, height)
+    return [f'{p.relative_to(site)}: {m}' for p, r in zip(pages, recs) for m in _page_problems(p, site, r, width)]
+
+# %% ../nbs/80_report.ipynb #a95e0028
+SHOTS = {'index-first-screen.png': ('index.html', None),
+         'leaderboard-figure.png': ('report.html', "(() => { const i = [...document.images].find(i => i.alt.includes('Leaderboard')); if (!i) return null;"
+                                    " const r = i.getBoundingClientRect(); return {x: r.x + scrollX, y: r.y + scrollY, width: r.width, height: r.height}; })()")}
+
+def screenshots(site_dir, browser:str|None=None, width:int=1400, height:int=900)->list:
+    "PNG screenshots of the site's first screen and its leaderboard figure, saved into `site_dir`; their paths."
+    site, browser = Path(site_dir).resolve(), browser or _chromium()
+    if browser is None: raise EnsDistillError("screenshots need headless Chromium (Debian: apt-get install chromium)")
+    _browse(browser, [((site/page).as_uri(), None, site/name, clip) for name, (page, clip) in SHOTS.items()], width, height)
+    return [site/n for n in SHOTS]

@@ -9,7 +9,7 @@ import numpy as np
 from .core import *
 
 # %% auto #0
-__all__ = ['VERDICTS', 'paired_bootstrap', 'verdict', 'mcnemar', 'task_compare', 'ece', 'reliability', 'mean_sd']
+__all__ = ['VERDICTS', 'paired_bootstrap', 'verdict', 'mcnemar', 'task_compare', 'mean_ci', 'ece', 'reliability', 'mean_sd']
 
 # %% ../nbs/07_stats.ipynb #57a70007
 def _as2d(a)->np.ndarray:
@@ -67,10 +67,25 @@ def mcnemar(a, # correctness of system A per item [U] (0/1)
     p = 1.0 if m == 0 else min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2 ** m)
     return dict(a_only=n10, b_only=n01, p=p)
 
-def task_compare(a, b, n_boot:int=2000, level:float=0.95, seed:int=0)->dict:
-    "Accuracy A - B on the same items: the difference with its bootstrap CI, McNemar's p and the verdict."
+def task_compare(a, # correctness of system A per item [U] (0/1)
+                 b, # correctness of system B on the same items
+                 ll_a=None, # A's log-likelihood of each item's gold answer [U] (optional)
+                 ll_b=None, # B's, on the same items
+                 n_boot:int=2000, level:float=0.95, seed:int=0)->dict:
+    "Accuracy A - B on the same items: difference, bootstrap CI, McNemar's p and verdict; with `ll_a`/`ll_b` the same for the mean gold log-likelihood (`ll_*` keys)."
     r = paired_bootstrap(np.asarray(a, float), np.asarray(b, float), n_boot=n_boot, level=level, seed=seed)
-    return {**r, **mcnemar(a, b), 'verdict': verdict(r, 'higher')}
+    r = {**r, **mcnemar(a, b), 'verdict': verdict(r, 'higher')}
+    if ll_a is None or ll_b is None: return r
+    l = paired_bootstrap(ll_a, ll_b, n_boot=n_boot, level=level, seed=seed)
+    return {**r, 'll_diff': l['diff'], 'll_lo': l['lo'], 'll_hi': l['hi'], 'll_verdict': verdict(l, 'higher')}
+
+# %% ../nbs/07_stats.ipynb #e23addd5
+def mean_ci(x, # per-item values [U] (e.g. correctness 0/1) or per seed and item [S,U]
+            n_boot:int=2000, level:float=0.95, seed:int=0)->dict:
+    "Mean of `x` (averaged over seeds) with a percentile bootstrap CI over items (and seeds)."
+    x = _as2d(x)
+    r = paired_bootstrap(x, np.zeros_like(x), n_boot=n_boot, level=level, seed=seed)
+    return dict(mean=r['diff'], lo=r['lo'], hi=r['hi'], se=r['se'], n=r['n_units'], n_seeds=r['n_seeds'], level=level)
 
 # %% ../nbs/07_stats.ipynb #57a70013
 def _bins(conf:np.ndarray, bins:int, mass:bool)->list:

