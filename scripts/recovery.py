@@ -8,7 +8,9 @@ usage: python scripts/recovery.py [STAGE ...]     stages: cuts refs long sizes t
          question and the issue's p4 goal;
 - sizes: `p2` and `p8` (importance-ranked) for 500k tokens (with `p4` from `long`: the sizes' curves);
 - refs:  the frozen teacher and the unigram and bigram floors on the study's test split (reports/study2);
-- table: teacher and bigram on the same dev blocks, then `reports/recovery/recovery.{csv,md,png}`.
+- table: teacher and bigram on the same dev blocks, then `reports/recovery/recovery.{csv,md,png}`;
+- compare: test perplexity ratios of the cuts on the training domains, with 95% CIs from a paired bootstrap over test
+         documents (`stats.paired_bootstrap`): `reports/recovery/comparisons.md`.
 
 Every run is an ordinary `run_method` run (dev perplexity logged at the `dev_curve` points, then the full test
 evaluation) under `reports/recovery/<stage>-<variant>-s0/`; a finished run is skipped, a killed one resumes
@@ -129,6 +131,33 @@ def table():
     print('\n'.join(lines))
 
 
+PAIRS = [('cuts-p4-importance-s0', 'cuts-p4-s0'), ('cuts-p8f672g2-s0', 'cuts-p4-importance-s0'), ('cuts-p12f512g1-s0', 'cuts-p4-importance-s0'),
+         ('cuts-p30f96g1-s0', 'cuts-p4-importance-s0'), ('cuts-p4-frozen-head-s0', 'cuts-p4-importance-s0'),
+         ('cuts-p12f512g1-s0', 'cuts-p8f672g2-s0'), ('cuts-p30f96g1-s0', 'cuts-p8f672g2-s0')]
+
+
+def ratio_ci(a:Path, b:Path, holdout=('dialog',))->dict|None:
+    "Test perplexity ratio a/b on the training domains with a 95% CI (paired bootstrap over test documents); None without per-block data."
+    from ens_distill.report import _blocks
+    from ens_distill.stats import paired_bootstrap, verdict
+    ba, bb = _blocks(a), _blocks(b)
+    if ba is None or bb is None: return None
+    dom = np.asarray(json.loads((a/'eval.json').read_text())['blocks']['domain'])
+    keep = ~np.isin(dom, list(holdout))
+    r = paired_bootstrap(ba['nll'][keep], bb['nll'][keep], ba['n'][keep], ba['doc'][keep])
+    return dict(ratio=math.exp(r['diff']), lo=math.exp(r['lo']), hi=math.exp(r['hi']), docs=r['n_groups'], verdict=verdict(r))
+
+
+def compare():
+    lines = ['Test perplexity ratio A / B on the training domains (one seed each), 95% CI from a paired bootstrap over test documents. '
+             '`A better` is supported when the whole CI is below 1.', '', '| A | B | A / B | 95% CI | documents | A better? |', '|---|---|---|---|---|---|']
+    for a, b in PAIRS:
+        if not (is_finished(OUT/a) and is_finished(OUT/b)): continue
+        r = ratio_ci(OUT/a, OUT/b)
+        if r: lines.append(f"| {a[:-3]} | {b[:-3]} | {r['ratio']:.3f} | [{r['lo']:.3f}, {r['hi']:.3f}] | {r['docs']} | {r['verdict']} |")
+    (OUT/'comparisons.md').write_text('\n'.join(lines) + '\n'); print('\n'.join(lines))
+
+
 if __name__ == '__main__':
-    for s in sys.argv[1:] or ['cuts', 'refs', 'long', 'sizes', 'table']:
-        table() if s == 'table' else run_refs() if s == 'refs' else run_stage(s)
+    for s in sys.argv[1:] or ['cuts', 'refs', 'long', 'sizes', 'table', 'compare']:
+        table() if s == 'table' else run_refs() if s == 'refs' else compare() if s == 'compare' else run_stage(s)

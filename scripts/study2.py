@@ -1,0 +1,64 @@
+"""The second study (issues #15 and #19): the `study` preset's runs in priority order, through `nbs/run_method.ipynb`.
+
+usage: python scripts/study2.py [STAGE ...] [--seeds 0 1 2] [--tokens N]
+
+stages (default: refs pair controls):
+- refs: the reference points on the same test split: the frozen teacher and the unigram and bigram floors (seed 0:
+        nothing in them depends on the seed);
+- pair: the brief's headline pair at K=4 of the preset's member size (`p4`): `independent` (4 x p4) against
+        `single_large` (one p16, given the tokens that spend the ensemble's training FLOPs, head included);
+- controls: `single_matched` (one p4 with 4x the tokens) and `single` (one p4 with the members' tokens).
+
+Every run is one papermill execution of `nbs/run_method.ipynb` for one seed, written to `<out>/<run>.ipynb`
+next to the run directory `<out>/<run>/` (the report renders each as a page). A finished run (metrics.json) is skipped; a killed one resumes from its
+last checkpoint. `--tokens` sets the members' budget; a budget other than the preset's goes to its own folder
+(`reports/study2-<N/1000>k`), so run names never mix budgets.
+"""
+import argparse, json, subprocess, sys, time
+from pathlib import Path
+
+from ens_distill.core import get_config
+from ens_distill.runs import is_finished, run_path
+
+REFS = [('teacher', dict(K=1)), ('bigram', dict(K=1)), ('unigram', dict(K=1))]
+PAIR = [('independent', {}), ('single_large', {})]
+CONTROLS = [('single_matched', {}), ('single', {})]
+STAGES = dict(refs=REFS, pair=PAIR, controls=CONTROLS)
+ONE_SEED = {'refs'}
+NB_PARAMS = {'K', 'size', 'objective', 'alpha', 'tau', 'routing'}  # run_method.ipynb's own parameters (the rest go in `extra`)
+
+
+def out_dir(tokens:int, preset:str='study')->str:
+    base = get_config(preset)
+    return base.out_dir if tokens == base.tokens_per_member else f'{base.out_dir}-{tokens // 1000}k'
+
+
+def run_one(method:str, seed:int, tokens:int, extra:dict, preset:str='study'):
+    cfg = get_config(preset, method=method, seeds=[seed], tokens_per_member=tokens, out_dir=out_dir(tokens, preset), **extra)
+    path = run_path(cfg)
+    if is_finished(path): print(f'== {path}: finished, skipped', flush=True); return
+    nb = path.parent/f'{path.name}.ipynb'; nb.parent.mkdir(parents=True, exist_ok=True)
+    resume = (path/'metrics.csv').exists()
+    print(f"== {path}{' (resuming)' if resume else ''} {time.strftime('%T')}", flush=True); t = time.time()
+    cmd = [sys.executable, '-m', 'papermill', 'nbs/run_method.ipynb', str(nb), '-k', 'python3', '--log-level', 'WARNING',
+           '-p', 'preset', preset, '-p', 'method', method, '-p', 'seeds', f'[{seed}]', '-p', 'tokens_per_member', str(tokens),
+           '-p', 'out_dir', cfg.out_dir, '-p', 'overwrite', 'False', '-p', 'resume', str(resume)]
+    for k, v in extra.items():
+        if k in NB_PARAMS: cmd += ['-p', k, str(v)]
+    rest = {k: v for k, v in extra.items() if k not in NB_PARAMS}
+    if rest: cmd += ['-y', 'extra: ' + json.dumps(rest)]
+    subprocess.run(cmd, check=True)
+    print(f'   done in {time.time() - t:.0f} s', flush=True)
+
+
+if __name__ == '__main__':
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('stages', nargs='*', default=['refs', 'pair', 'controls'], choices=list(STAGES))
+    p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    p.add_argument('--tokens', type=int, default=0, help="tokens per member (0: the preset's)")
+    p.add_argument('--preset', default='study', help='`smoke` checks the script in seconds')
+    a = p.parse_args()
+    tokens = a.tokens or get_config(a.preset).tokens_per_member
+    for stage in a.stages:
+        for seed in a.seeds[:1] if stage in ONE_SEED else a.seeds:
+            for method, extra in STAGES[stage]: run_one(method, seed, tokens, extra, a.preset)
