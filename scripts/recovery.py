@@ -142,8 +142,10 @@ def ratio_ci(a:Path, b:Path, holdout=('dialog',))->dict|None:
     from ens_distill.stats import paired_bootstrap, verdict
     ba, bb = _blocks(a), _blocks(b)
     if ba is None or bb is None: return None
-    dom = np.asarray(json.loads((a/'eval.json').read_text())['blocks']['domain'])
-    keep = ~np.isin(dom, list(holdout))
+    dom = [np.asarray(json.loads((p/'eval.json').read_text())['blocks']['domain']) for p in (a, b)]
+    if not (np.array_equal(ba['n'], bb['n']) and np.array_equal(ba['doc'], bb['doc']) and np.array_equal(*dom)):
+        raise EnsDistillError(f"{a.name} and {b.name} were scored on different test blocks; they cannot be paired")
+    keep = ~np.isin(dom[0], list(holdout))
     r = paired_bootstrap(ba['nll'][keep], bb['nll'][keep], ba['n'][keep], ba['doc'][keep])
     return dict(ratio=math.exp(r['diff']), lo=math.exp(r['lo']), hi=math.exp(r['hi']), docs=r['n_groups'], verdict=verdict(r))
 

@@ -5,9 +5,10 @@ usage: python scripts/study2.py [STAGE ...] [--seeds 0 1 2] [--tokens N]
 stages (default: refs pair controls):
 - refs: the reference points on the same test split: the frozen teacher and the unigram and bigram floors (seed 0:
         nothing in them depends on the seed);
-- pair: the brief's headline pair at K=4 of the preset's member size (`p4`): `independent` (4 x p4) against
-        `single_large` (one p16, given the tokens that spend the ensemble's training FLOPs, head included);
-- controls: `single_matched` (one p4 with 4x the tokens) and `single` (one p4 with the members' tokens).
+- pair: the brief's headline pair at K=4 of the preset's member size (`p8f672g2`): `independent` (4 members) against
+        `single_large` (one `p20f1280g2`, 4x their non-embedding parameters, given the tokens that spend the
+        ensemble's training FLOPs, head included);
+- controls: `single_matched` (one member-sized student with 4x the tokens) and `single` (one with the members' tokens).
 
 Every run is one papermill execution of `nbs/run_method.ipynb` for one seed, written to `<out>/<run>.ipynb`
 next to the run directory `<out>/<run>/` (the report renders each as a page). A finished run (metrics.json) is skipped; a killed one resumes from its

@@ -232,4 +232,11 @@ def test_cache_dir_follows_the_teachers_weights(tmp_path):
     m.save_pretrained(tmp_path/'t')
     m2, tok2 = load_teacher(str(tmp_path/'t'))
     assert topk_dir(cfg, corpus, m2, tok2) != before and topk_dir(cfg, corpus, m1, tok1) == before
-    assert m2.__dict__['_ens_digest'][1] == teacher_digest(m2)                   # memoized until a tensor changes
+    import hashlib
+    calls = []; real = hashlib.sha256
+    hashlib.sha256 = lambda *a: calls.append(1) or real(*a)
+    try:
+        d = teacher_digest(m2); assert teacher_digest(m2) == d and not calls        # memoized: no rehash
+        with torch.no_grad(): m2.model.norm.weight.mul_(1.5)
+        assert teacher_digest(m2) != d and len(calls) == 1                          # an in-place change is rehashed once
+    finally: hashlib.sha256 = real
