@@ -32,7 +32,8 @@ def collect_runs(root='reports/runs')->pd.DataFrame:
     return df.assign(variant=[variant_of(r, m) for r, m in zip(df.run, df.method)]) if len(df) else df
 
 # %% ../nbs/80_report.ipynb #545460f9
-GROUP_KEYS = ['method', 'variant', 'cfg_K', 'K', 'size', 'objective', 'alpha', 'tau', 'alpha_schedule', 'routing', 'tokens_per_member', 'teacher']
+GROUP_KEYS = ['method', 'variant', 'cfg_K', 'K', 'size', 'objective', 'alpha', 'tau', 'alpha_schedule', 'routing', 'tokens_per_member',
+              'cfg_tokens_per_member', 'teacher']
 
 def _keys(df:pd.DataFrame)->list: return [k for k in GROUP_KEYS if k in df]
 
@@ -314,7 +315,8 @@ def win_headline_pair(lb:pd.DataFrame, df:pd.DataFrame|None=None)->dict: # leade
     sl = lb[lb.method == 'single_large'].assign(K=lambda d: d.cfg_K if 'cfg_K' in d else d.K)
     from ens_distill.methods import method_names
     ens = lb[lb.method.isin(method_names(ensemble=True)) & (lb.K > 1)]
-    keys = [k for k in ('K', 'size', 'objective', 'alpha', 'tau', 'tokens_per_member', 'teacher') if k in lb]
+    budget = 'cfg_tokens_per_member' if 'cfg_tokens_per_member' in lb else 'tokens_per_member'   # the configured budget: the single student trains on other tokens
+    keys = [k for k in ('K', 'size', 'objective', 'alpha', 'tau', budget, 'teacher') if k in lb]
     pairs = ens.merge(sl, on=keys, suffixes=('', '_sl'))
     if pairs.empty: return _verdict(name, None, f"no ensemble run with the K, size and budget of a single_large run.")
     f = lambda v: 'n/a' if pd.isna(v) else f'{v:.3g}'

@@ -81,6 +81,7 @@ def read_run(path)->dict:
     cfg = yaml.safe_load((p/'config.yaml').read_text()) if (p/'config.yaml').exists() else {}
     row = {k: _cell(v) for k, v in (cfg or {}).items()}
     row['cfg_K'] = (cfg or {}).get('K')  # the configured K (single_matched trains one member matched to K)
+    row['cfg_tokens_per_member'] = (cfg or {}).get('tokens_per_member')  # the configured budget (single_large trains on the tokens that match its FLOPs)
     row.update(_flat_metrics(json.loads((p/'metrics.json').read_text())))
     row.update(run=p.name, path=str(p))
     if 'params_per_member' in row: row['N'] = row.get('nonemb_params_per_member') or row['params_per_member']  # non-embedding where recorded

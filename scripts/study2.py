@@ -13,13 +13,13 @@ stages (default: refs pair controls):
 Every run is one papermill execution of `nbs/run_method.ipynb` for one seed, written to `<out>/<run>.ipynb`
 next to the run directory `<out>/<run>/` (the report renders each as a page). A finished run (metrics.json) is skipped; a killed one resumes from its
 last checkpoint. `--tokens` sets the members' budget; a budget other than the preset's goes to its own folder
-(`reports/study2-<N/1000>k`), so run names never mix budgets.
+(`reports/study2-<N/1000>k`) under the name a preset run would have, so run names never mix budgets.
 """
 import argparse, json, subprocess, sys, time
 from pathlib import Path
 
 from ens_distill.core import get_config
-from ens_distill.runs import is_finished, run_path
+from ens_distill.runs import is_finished, run_name, run_path
 
 REFS = [('teacher', dict(K=1)), ('bigram', dict(K=1)), ('unigram', dict(K=1))]
 PAIR = [('independent', {}), ('single_large', {})]
@@ -35,6 +35,8 @@ def out_dir(tokens:int, preset:str='study')->str:
 
 
 def run_one(method:str, seed:int, tokens:int, extra:dict, preset:str='study'):
+    base = get_config(preset, method=method, seeds=[seed], **extra)
+    if tokens != base.tokens_per_member: extra = dict(extra, run_name=run_name(base))   # the folder spells the budget, not the name
     cfg = get_config(preset, method=method, seeds=[seed], tokens_per_member=tokens, out_dir=out_dir(tokens, preset), **extra)
     path = run_path(cfg)
     if is_finished(path): print(f'== {path}: finished, skipped', flush=True); return

@@ -112,3 +112,13 @@ def test_leaderboard_flags_entries_that_do_not_beat_the_bigram(tmp_path):
     fake_run(tmp_path, 'ncl', 4, 'tiny', 0, 6.0)
     t = format_leaderboard(leaderboard(collect_runs(tmp_path))).set_index('method')
     assert t.loc['independent', 'beats bigram'] == 'yes' and t.loc['ncl', 'beats bigram'] == 'NO' and t.loc['bigram', 'beats bigram'] == ''
+
+def test_headline_pair_matches_the_configured_budget(tmp_path):
+    "single_large trains on the tokens that match the ensemble's FLOPs: the pair is found by the configured budget, not the trained tokens."
+    for s in (0, 1):
+        fake_run(tmp_path, 'independent', 4, 'tiny', s, 3.0 + s / 50)
+        p = fake_run(tmp_path, 'single_large', 4, 'tiny', s, 2.5 + s / 50)
+        m = json.loads((p/'metrics.json').read_text()); m.update(K=1, tokens_per_member=2 * m['tokens_per_member'])
+        (p/'metrics.json').write_text(json.dumps(m))
+    wc = win_conditions(collect_runs(tmp_path))
+    assert wc.verdict.tolist()[0] == 'contradicted', wc.evidence.tolist()[0]    # one larger student beats the 4 members
