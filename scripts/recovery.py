@@ -115,17 +115,17 @@ def table():
              '| run | size | non-emb params | tokens/s | ' + ' | '.join(f'{t/1e6:.3g}M' if t >= 1e6 else f'{t/1e3:.3g}k' for t in wide.columns[5:]) + ' | in-domain test |',
              '|---|---|---|---|' + '---|' * (len(wide.columns) - 5) + '---|']
     for _, r in wide.iterrows():
-        cells = ['' if pd.isna(v) else f'{v:.1f}' for v in r.values[5:]]
+        cells = ['' if pd.isna(v) else f'{v:.1f}' if v < 1e6 else f'{v:.2g}' for v in r.values[5:]]
         lines.append(f"| {r['run']} | {r['size']} | {r['nonemb_M']:.2f}M | {r['tokens_per_s']:.0f} | " + ' | '.join(cells) + f" | {r['in_domain_ppl']:.1f} |")
     (OUT/'recovery.md').write_text('\n'.join(lines) + '\n')
     import matplotlib; matplotlib.use('Agg'); import matplotlib.pyplot as plt
     fig, axs = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, x, lab in [(axs[0], 'tokens', 'training tokens'), (axs[1], 'flops', 'training FLOPs (compute module, head included)')]:
-        for run, g in df.groupby('run'): ax.plot(g[x], g.dev_ppl, 'o-', ms=3, label=run)
+        for i, (run, g) in enumerate(df.groupby('run')): ax.plot(g[x], g.dev_ppl, 'o-' if i < 10 else 's--', ms=3, label=run)
         for k, ls in [('teacher_dev_ppl', '--'), ('bigram_dev_ppl', ':')]:
             ax.axhline(ref[k], color='k', ls=ls, lw=1, label=k.split('_')[0])
         ax.axhline(3 * ref['teacher_dev_ppl'], color='grey', ls='-.', lw=1, label='3 x teacher')
-        ax.set(xscale='log', yscale='log', xlabel=lab, ylabel='dev perplexity')
+        ax.set(xscale='log', yscale='log', xlabel=lab, ylabel='dev perplexity (points above 3,000 are off the axis)', ylim=(10, 3000))
     axs[1].legend(fontsize=7, ncol=2); fig.suptitle('Recovery of members pruned from SmolLM2-135M (study corpus, one student each)')
     fig.tight_layout(); fig.savefig(OUT/'recovery.png', dpi=110)
     print('\n'.join(lines))
