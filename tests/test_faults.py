@@ -76,7 +76,8 @@ def test_router_without_its_weights(tmp_path):
     _one_line(e, 'learned.safetensors')
 
 
-@pytest.mark.parametrize('params, words', [(dict(lrr=0.1), ["['lrr']", 'extra']), (dict(extra=5), ["'extra' must map"])])
+@pytest.mark.parametrize('params, words', [(dict(lrr=0.1), ["['lrr']", 'extra']), (dict(extra=5), ["'extra' must map"]),
+                                           (dict(size='xxl'), ["'size'", "'xxl'"])])
 def test_notebook_parameters(tmp_path, params, words):
     import papermill as pm
     nb = Path(__file__).parents[1]/'nbs'/'run_method.ipynb'
@@ -139,3 +140,115 @@ def test_resumed_boosting_keeps_every_row(tmp_path):
     d = run_path(cfg); full = _rows(d); (d/'metrics.json').unlink()
     run_method(cfg, resume=True, progress=False, verbose=False)
     assert _rows(d) == full and len(full) == 2 * 4                                   # both rounds' rows, once each
+
+
+# ---- locks (#18 item 4) ----
+import json, signal, subprocess, textwrap, time
+
+def _env(): return {**os.environ, 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'TRANSFORMERS_OFFLINE': '1', 'OMP_NUM_THREADS': '1'}
+
+HOLD = "import sys, time\nfrom ens_distill.runs import locked\nwith locked(sys.argv[1]):\n    print('held', flush=True); time.sleep(300)\n"
+
+
+def test_a_second_live_run_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, capsys):
+    from ens_distill.pipeline import run_method
+    from ens_distill.runs import run_path, lock_path
+    cfg = get_config('smoke', out_dir=str(tmp_path/'runs'), cache_dir=str(tmp_path/'cache'), dtype='fp32', tokens_per_member=256)
+    p = subprocess.Popen([sys.executable, '-c', HOLD, str(run_path(cfg))], stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        assert p.stdout.readline().strip() == 'held'                               # another live run holds the folder
+        with pytest.raises(EnsDistillError) as e: run_method(cfg, progress=False, verbose=False)
+        _one_line(e, 'locked by', f'pid {p.pid}', str(lock_path(run_path(cfg))))
+        assert not run_path(cfg).exists() and not (tmp_path/'cache').exists()       # refused before any work
+    finally: p.send_signal(signal.SIGKILL); p.wait()
+    assert json.loads(lock_path(run_path(cfg)).read_text())['pid'] == p.pid       # a dead owner's lock file is left behind
+    capsys.readouterr(); run_method(cfg, progress=False, verbose=False)            # ... and taken over
+    assert 'taking over the stale lock' in capsys.readouterr().out and (run_path(cfg)/'metrics.json').exists()
+    assert not lock_path(run_path(cfg)).exists()
+
+
+BUILDER = textwrap.dedent('''
+    import json, sys, time
+    from pathlib import Path
+    import ens_distill.data as data, ens_distill.teacher as teacher
+    from ens_distill.core import get_config
+    calls = dict(convert=0, data=0, shards=0)
+    def counted(name, f, pause=0.):
+        def g(*a, **k):
+            calls[name] += 1; time.sleep(pause); return f(*a, **k)
+        return g
+    teacher.tiny_teacher = counted('convert', teacher.tiny_teacher, 1.)             # slow builders: the other process
+    data._build = counted('data', data._build, 1.)                                  # arrives while they work
+    teacher._build_shards = counted('shards', teacher._build_shards, 1.)
+    go = Path(sys.argv[1])/'go'
+    while not go.exists(): time.sleep(0.01)
+    cfg = get_config('smoke', cache_dir=sys.argv[1] + '/cache')
+    model, tok = teacher.load_teacher(cfg.teacher, cfg.cache_dir)
+    corpus = data.prepare_data(cfg, tok)
+    caches = teacher.teacher_caches(cfg, corpus, model, tok, progress=False)
+    print(json.dumps(dict(calls, blocks=len(caches['train']))))
+''')
+
+
+def test_two_builders_of_one_cache_do_the_work_once(tmp_path):
+    ps = [subprocess.Popen([sys.executable, '-c', BUILDER, str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True, env=_env()) for _ in range(2)]
+    time.sleep(1); (tmp_path/'go').touch()
+    out = [p.communicate(timeout=600) for p in ps]
+    assert all(p.returncode == 0 for p in ps), [o[1][-2000:] for o in out]
+    got = [json.loads(o[0].strip().splitlines()[-1]) for o in out]
+    assert sum(g['convert'] for g in got) == 1 and sum(g['data'] for g in got) == 1, got   # each entry built once,
+    assert sum(g['shards'] for g in got) == 3 and got[0]['blocks'] == got[1]['blocks'], got  # the other waited and reused it
+    left = [p.name for p in (tmp_path/'cache').rglob('*') if '.tmp' in p.name or p.name.endswith('.lock')]
+    assert not left, left                                                            # no temp folder or lock left behind
+
+
+# ---- the data cache is checksummed (#18 item 5) ----
+
+def test_a_changed_byte_in_the_data_cache_names_that_file(tmp_path):
+    cfg = _cfg(tmp_path); tok = tiny_tokenizer()
+    corpus = prepare_data(cfg, tok)
+    arrow = next((corpus.path/'blocks'/'train').glob('*.arrow')); raw = bytearray(arrow.read_bytes())
+    raw[len(raw) // 2] ^= 1; arrow.write_bytes(bytes(raw))
+    with pytest.raises(EnsDistillError) as e: prepare_data(cfg, tok)
+    _one_line(e, 'data cache file', str(arrow), 'delete', str(corpus.path))
+    assert 'top-k' not in str(e.value)
+
+
+# ---- one-line errors (#18 items 5-6) ----
+
+@pytest.mark.parametrize('key', ['out_dir', 'cache_dir'])
+def test_an_unusable_out_dir_or_cache_dir(tmp_path, key):
+    from ens_distill.pipeline import run_method
+    (tmp_path/'file').write_text('not a folder')
+    bad = {'parent': str(tmp_path/'file'/'sub'),
+           'read-only': '/sys/ens_distill_ro' if os.geteuid() == 0 else str(tmp_path/'ro'/'sub')}
+    if os.geteuid() != 0: (tmp_path/'ro').mkdir(); (tmp_path/'ro').chmod(0o500)
+    for why, path in bad.items():
+        paths = {**dict(out_dir=str(tmp_path/'runs'), cache_dir=str(tmp_path/'cache')), key: path}
+        with pytest.raises(EnsDistillError) as e: run_method(get_config('smoke', **paths), progress=False, verbose=False)
+        _one_line(e, key, path, 'not writable')
+    assert not (tmp_path/'runs'/'independent-K2-tiny-s0').exists()
+
+
+def test_a_truncated_teacher_in_a_local_folder(tmp_path):
+    from ens_distill.pipeline import prepare_run
+    from ens_distill.teacher import tiny_teacher
+    m, tok = tiny_teacher(); m.save_pretrained(tmp_path/'t'); tok.save_pretrained(tmp_path/'t')
+    f = tmp_path/'t'/'model.safetensors'; f.write_bytes(f.read_bytes()[:-1000])
+    cfg = get_config('smoke', teacher=str(tmp_path/'t'), cache_dir=str(tmp_path/'cache'))
+    with pytest.raises(EnsDistillError) as e: prepare_run(cfg, progress=False, verbose=False)
+    _one_line(e, str(f), 'damaged', 'truncated')
+
+
+def test_a_pruned_size_the_teacher_cannot_serve_fails_before_any_cache(tmp_path):
+    from ens_distill.pipeline import prepare_run
+    with pytest.raises(ConfigError) as e:
+        prepare_run(get_config('smoke', size='p9', route_prefix=0, cache_dir=str(tmp_path/'cache')), progress=False, verbose=False)
+    _one_line(e, "'size'", "'p9'", '2 layers')
+    assert not (tmp_path/'cache'/'data').exists()
+
+
+def test_eval_tokens_per_domain_too_small(tmp_path):
+    with pytest.raises(EnsDistillError) as e: prepare_data(_cfg(tmp_path, eval_tokens_per_domain=8), tiny_tokenizer())
+    _one_line(e, 'no dev block', 'eval_tokens_per_domain')
