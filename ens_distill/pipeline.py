@@ -34,8 +34,10 @@ def check_teacher_fit(cfg:RunConfig, model):
     if n_ctx and cfg.block_size > n_ctx:
         raise ConfigError(f"config key 'block_size': {cfg.block_size} is beyond the teacher's context of {n_ctx} tokens; lower it")
     for key in ('size', 'large_size'):
-        if parse_cut(getattr(cfg, key)) is None: continue
-        try: member_config(getattr(cfg, key), model.config)
+        v, n = getattr(cfg, key), model.config.num_hidden_layers
+        if (cut := parse_cut(v)) is None: continue
+        if cut['layers'] > n: raise ConfigError(f"config key '{key}': {v!r} cuts {cut['layers']} layers from a teacher of {n} layers; pick p1..p{n}")
+        try: member_config(v, model.config)
         except EnsDistillError as e: raise ConfigError(f"config key '{key}': {e}") from None
     if cfg.method == 'single_large': large_size(cfg, model.config)
 

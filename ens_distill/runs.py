@@ -6,14 +6,16 @@
 from __future__ import annotations
 import contextlib, csv, fcntl, hashlib, io, json, os, re, shutil, socket, time
 from pathlib import Path
+from dataclasses import asdict
 import pandas as pd
 from fastcore.basics import patch
 from .core import *
 
 # %% auto #0
-__all__ = ['CACHE_KINDS', 'atomic_write', 'atomic_dir', 'file_sha256', 'lock_path', 'locked', 'writable_dir', 'cache_path',
-           'run_variant', 'run_name', 'parse_run_name', 'entry_name', 'variant_of', 'run_path', 'is_finished',
-           'check_not_finished', 'staging_path', 'swap_in', 'RunDir', 'run_record', 'seed_stats']
+__all__ = ['CACHE_KINDS', 'NOT_IN_NAME', 'atomic_write', 'atomic_dir', 'file_sha256', 'lock_path', 'locked', 'writable_dir',
+           'cache_path', 'settings_hash', 'run_variant', 'run_name', 'parse_run_name', 'entry_name', 'variant_of',
+           'run_path', 'is_finished', 'check_not_finished', 'staging_path', 'swap_in', 'RunDir', 'run_record',
+           'seed_stats']
 
 # %% ../nbs/05_runs.ipynb #d0a1b2c8
 def atomic_write(path, # the file to (re)write
@@ -126,8 +128,20 @@ def cache_path(cache_dir, # `cfg.cache_dir` (None: `default_cache_dir()`; `~` is
     return Path(cache_dir or default_cache_dir()).expanduser().joinpath(kind, *map(str, parts))
 
 # %% ../nbs/05_runs.ipynb #d0a1b2ce
+NOT_IN_NAME = {'out_dir', 'run_name', 'cache_dir', 'data_dir', 'seeds', 'eval_batch_size', 'log_every', 'ckpt_every', 'device',
+               'dev_curve', 'dev_curve_blocks', 'eval_tasks', 'eval_limit', 'preset'}  # settings that leave a run's result as it is
+_SPELLED = {'method', 'K', 'size', 'seed', 'routing', 'boost_mode', 'boost_q', 'ncl_lambda', 'objective', 'alpha', 'tau'}
+
+def settings_hash(cfg:RunConfig)->str:
+    "8 hex digits naming the result-changing settings that differ from `cfg.preset`'s and a name does not spell out ('': none)."
+    a, b = asdict(cfg), asdict(validate(RunConfig(**PRESETS.get(cfg.preset, {}))))
+    skip = NOT_IN_NAME | _SPELLED | ({'n_clusters'} if cfg.method == 'cbtm' else set())   # c-BTM: n_clusters is K
+    diff = {k: a[k] for k in sorted(a) if k not in skip and a[k] != b[k]}
+    return fingerprint(diff)[:8] if diff else ''
+
+# %% ../nbs/05_runs.ipynb #e18e0001
 def run_variant(cfg:RunConfig)->str:
-    "Name parts for settings that differ from the defaults and define a variant of a method."
+    "Name parts for settings that differ from the defaults and define a variant of a method, then the hash of the rest."
     d, parts = RunConfig(), []
     if cfg.method == 'cbtm' and cfg.routing != d.routing: parts.append(cfg.routing)
     if cfg.method == 'boosting' and (cfg.boost_mode, cfg.boost_q) != (d.boost_mode, d.boost_q):
@@ -136,6 +150,7 @@ def run_variant(cfg:RunConfig)->str:
     if cfg.objective != d.objective: parts.append(cfg.objective)
     if cfg.alpha != d.alpha: parts.append(f'a{cfg.alpha:g}')
     if cfg.tau != d.tau: parts.append(f't{cfg.tau:g}')
+    if h := settings_hash(cfg): parts.append(f'h{h}')
     return ''.join(f'-{p}' for p in parts)
 
 def run_name(cfg:RunConfig)->str:

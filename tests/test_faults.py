@@ -252,3 +252,21 @@ def test_a_pruned_size_the_teacher_cannot_serve_fails_before_any_cache(tmp_path)
 def test_eval_tokens_per_domain_too_small(tmp_path):
     with pytest.raises(EnsDistillError) as e: prepare_data(_cfg(tmp_path, eval_tokens_per_domain=8), tiny_tokenizer())
     _one_line(e, 'no dev block', 'eval_tokens_per_domain')
+
+
+# ---- run names distinguish every result-changing setting (#18 item 4) ----
+
+def test_a_sweep_gets_one_folder_per_setting_and_committed_names_still_parse(tmp_path):
+    from ens_distill.runs import run_name, parse_run_name, variant_of
+    from ens_distill.scaling import fake_run
+    from ens_distill.report import collect_runs, leaderboard
+    sweep = [run_name(get_config('smoke', **kw)) for kw in (dict(), dict(lr=3e-3), dict(lr=1e-3), dict(dtype='fp32'),
+                                                            dict(holdout_domains=['code']), dict(warmup_frac=0.1))]
+    assert len(set(sweep)) == len(sweep) and all(parse_run_name(n)['K'] == 2 for n in sweep), sweep
+    assert run_name(get_config('smoke', lr=1e-3, out_dir='/elsewhere', ckpt_every=7, log_every=3)) == sweep[2]
+    root = Path(__file__).parents[1]/'reports'
+    committed = [p.name for p in root.glob('*/*-K*-s*') if (p/'metrics.json').exists()]
+    assert committed and all(parse_run_name(n) for n in committed), committed
+    for lr in (1e-2, 1e-3): fake_run(tmp_path, lr=lr)                                # the report keeps an lr sweep apart
+    df = collect_runs(tmp_path)
+    assert len(df) == 2 and df.variant.nunique() == 2 and len(leaderboard(df)) == 2
