@@ -254,6 +254,107 @@ def test_eval_tokens_per_domain_too_small(tmp_path):
     _one_line(e, 'no dev block', 'eval_tokens_per_domain')
 
 
+# ---- kills and damaged caches (#18: "kills runs at several points ... corrupts each cache file kind") ----
+
+KILLED = textwrap.dedent('''
+    import os, signal, sys, torch
+    import ens_distill.train as train
+    from ens_distill.core import get_config
+    from ens_distill.pipeline import run_method
+    from ens_distill.runs import RunDir
+    out, cache, when, resume = sys.argv[1:5]
+    torch.set_num_threads(1)
+    cfg = get_config('smoke', out_dir=out, cache_dir=cache, dtype='fp32', device='cpu', tokens_per_member=1024, ckpt_every=2, log_every=1)
+    if when == 'ckpt':                                        # right after the first checkpoint (step 2 of 8)
+        save = train.save_checkpoint
+        def kill_after(*a, **k): save(*a, **k); os.kill(os.getpid(), signal.SIGKILL)
+        train.save_checkpoint = kill_after
+    if when == 'mid':                                         # mid-training: step 5 logged, its last checkpoint at step 4
+        log = RunDir.log
+        def kill_at(self, row):
+            log(self, row)
+            if int(row['step']) == 5: os.kill(os.getpid(), signal.SIGKILL)
+        RunDir.log = kill_at
+    run_method(cfg, resume=resume == '1', progress=False, verbose=False)
+''')
+
+def _run_killable(out, cache, when='none', resume=False):
+    return subprocess.run([sys.executable, '-c', KILLED, str(out), str(cache), when, '1' if resume else '0'], env=_env(),
+                          capture_output=True, text=True, timeout=600)
+
+def _record(d:Path)->dict:
+    "What a finished run must reproduce: metrics rows, test numbers, member weights."
+    import csv
+    m = json.loads((d/'metrics.json').read_text())
+    return dict(rows=list(csv.DictReader(open(d/'metrics.csv'))), test=[m[k] for k in ('test_ppl', 'kl_teacher', 'mean_member_ppl')],
+                members={p.parent.name: p.read_bytes() for p in sorted((d/'members').glob('*/model.safetensors'))})
+
+
+def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
+    from ens_distill.runs import run_path
+    cache = tmp_path/'cache'
+    r = _run_killable(tmp_path/'ref', cache); assert r.returncode == 0, r.stderr[-2000:]
+    cfg = lambda out: get_config('smoke', out_dir=str(out), dtype='fp32', tokens_per_member=1024)
+    ref = _record(run_path(cfg(tmp_path/'ref')))
+    assert [int(x['step']) for x in ref['rows']] == list(range(1, 9))
+    for when in ('ckpt', 'mid'):
+        out = tmp_path/when; d = run_path(cfg(out))
+        r = _run_killable(out, cache, when); assert r.returncode == -signal.SIGKILL, r.stderr[-2000:]
+        assert not (d/'metrics.json').exists() and (d/'ckpt').exists()
+        r = _run_killable(out, cache, resume=True); assert r.returncode == 0, r.stderr[-2000:]
+        assert f"from step {dict(ckpt=2, mid=4)[when]} of 8" in r.stdout and 'taking over the stale lock' in r.stdout
+        got = _record(d)
+        assert [int(x['step']) for x in got['rows']] == list(range(1, 9))          # exactly one row per logged step
+        assert got == ref, when                                                       # the same rows, numbers and weights
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+    from ens_distill.pipeline import run_method
+    from ens_distill.runs import run_path
+    t = tmp_path_factory.mktemp('finished')
+    cfg = get_config('smoke', out_dir=str(t/'runs'), cache_dir=str(t/'cache'), dtype='fp32', tokens_per_member=256)
+    run_method(cfg, progress=False, verbose=False)
+    return cfg, run_path(cfg), t/'cache'
+
+
+@pytest.mark.parametrize('kind, glob, how', [
+    ('top-k shard', 'topk/*/train/shard_00000.safetensors', 'flip'),
+    ('top-k manifest', 'topk/*/test/manifest.json', 'cut'),
+    ('data arrow file', 'data/*/blocks/train/*.arrow', 'flip'),
+    ('data meta', 'data/*/meta.json', 'cut'),
+    ('converted teacher', 'teachers/tiny-random/model.safetensors', 'cut'),
+])
+def test_a_damaged_cache_file_is_named_and_no_finished_run_changes(finished, kind, glob, how):
+    from ens_distill.pipeline import run_method
+    cfg, d, cache = finished
+    (f,) = cache.glob(glob); good = f.read_bytes()
+    before = {p.relative_to(d): p.read_bytes() for p in d.rglob('*') if p.is_file()}
+    bad = bytearray(good)
+    if how == 'flip': bad[len(bad) // 2] ^= 1
+    f.write_bytes(bytes(bad) if how == 'flip' else good[:len(good) // 2])
+    try:
+        with pytest.raises(EnsDistillError) as e: run_method(cfg, overwrite=True, progress=False, verbose=False)
+        _one_line(e, str(f), 'delete')
+    finally: f.write_bytes(good)
+    assert {p.relative_to(d): p.read_bytes() for p in d.rglob('*') if p.is_file()} == before    # the finished run as it was
+    assert sorted(p.name for p in d.parent.iterdir() if not p.name.startswith('.')) == [d.name]
+
+
+@pytest.mark.parametrize('other, words', [(dict(vocab_size=400), ['vocab_size 400 vs 384']),
+                                          (dict(hidden_size=64, intermediate_size=128), ['hidden_size 64 vs 32', 'one size'])])
+def test_eval_bridge_refuses_members_that_do_not_match(tmp_path, other, words):
+    from transformers import LlamaForCausalLM
+    from ens_distill.lmeval import EnsembleLM
+    from ens_distill.packed import student_config
+    tok = tiny_tokenizer()
+    for i, over in enumerate([{}, {}, other]):
+        LlamaForCausalLM(student_config('tiny', **{'vocab_size': len(tok), **over})).save_pretrained(tmp_path/'run'/'members'/f'member_{i}')
+        tok.save_pretrained(tmp_path/'run'/'members'/f'member_{i}')
+    with pytest.raises(EnsDistillError) as e: EnsembleLM(run=str(tmp_path/'run'), device='cpu')
+    _one_line(e, 'member_2', *words)
+
+
 # ---- run names distinguish every result-changing setting (#18 item 4) ----
 
 def test_a_sweep_gets_one_folder_per_setting_and_committed_names_still_parse(tmp_path):
