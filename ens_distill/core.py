@@ -137,6 +137,7 @@ class RunConfig:
     out_dir:str = 'reports/runs' # where run directories go
     run_name:str = '' # run directory name ('' derives one from method, K, size and seed)
     cache_dir:str = field(default_factory=default_cache_dir) # converted teacher, data and top-k caches
+    preset:str = '' # the preset these settings start from (set by `get_config`; run names hash what differs from it)
 
     @property
     def eval_batch(self)->int:
@@ -193,6 +194,7 @@ def validate(cfg:RunConfig)->RunConfig:
         raise ConfigError(f"config key 'tau': {cfg.tau:g} has no cached tempered tail; use one of {cfg.cache_taus} or add it to cache_taus")
     if cfg.route_prefix >= cfg.block_size - 1:
         raise ConfigError(f"config key 'route_prefix': {cfg.route_prefix} leaves no scored token in blocks of {cfg.block_size}")
+    if cfg.preset and cfg.preset not in PRESETS: raise ConfigError(f"config key 'preset': {cfg.preset!r} is not one of {list(PRESETS)}")
     if cfg.method == 'ncl' and cfg.ncl_lambda > 0 and cfg.objective != 'fkl':
         raise ConfigError("config key 'objective': ncl's mixture term is a forward KL; use objective='fkl' (or ncl_lambda=0)")
     if cfg.combine == 'weighted' and not (cfg.method == 'cbtm' and cfg.routing != 'uniform'):
@@ -221,8 +223,8 @@ def get_config(preset:str='demo', # name in `PRESETS`
     if preset not in PRESETS: raise ConfigError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
     names = {f.name for f in fields(RunConfig)}
     for k in overrides:
-        if k not in names: raise ConfigError(f"unknown config key {k!r}; valid keys: {sorted(names)}")
-    return validate(RunConfig(**{**PRESETS[preset], **overrides}))
+        if k not in names - {'preset'}: raise ConfigError(f"unknown config key {k!r}; valid keys: {sorted(names - {'preset'})}")
+    return validate(RunConfig(**{**PRESETS[preset], **overrides, 'preset': preset}))
 
 # %% ../nbs/00_core.ipynb #22017f25
 def from_params(params:dict)->RunConfig:

@@ -12,15 +12,15 @@ import yaml
 import datasets
 from fastcore.basics import patch
 from .core import *
-from .runs import cache_path
+from .runs import atomic_dir, cache_path, file_sha256, locked
 
 # %% auto #0
 __all__ = ['SOURCE_KEYS', 'HUMANEVAL_LANGS', 'TFIDF_PARAMS', 'DATA_VERSION', 'default_corpus_spec', 'load_corpus_spec',
            'resolve_data_dir', 'file_format', 'read_text', 'read_records', 'split_paragraphs', 'split_wikitext',
-           'source_documents', 'split_unit', 'split_of', 'order_key', 'corpus_domains', 'load_documents',
-           'tokenizer_fingerprint', 'render', 'take_until', 'pack', 'TfidfRouter', 'balanced_assign', 'balanced_kmeans',
-           'cluster_purity', 'ngram_overlap', 'data_fingerprint', 'Corpus', 'prepare_data', 'bootstrap_indices',
-           'cluster_mix_indices', 'topq_indices']
+           'source_documents', 'split_unit', 'split_of', 'order_key', 'corpus_domains', 'check_data_config',
+           'load_documents', 'tokenizer_fingerprint', 'render', 'take_until', 'pack', 'TfidfRouter', 'balanced_assign',
+           'balanced_kmeans', 'cluster_purity', 'ngram_overlap', 'data_fingerprint', 'Corpus', 'read_data_meta',
+           'verify_data', 'prepare_data', 'bootstrap_indices', 'cluster_mix_indices', 'topq_indices']
 
 # %% ../nbs/10_data.ipynb #2a73a46d
 SOURCE_KEYS = {'path', 'hf', 'config', 'split', 'text_field', 'name', 'format', 'docs', 'chars', 'unwrap',
@@ -217,6 +217,12 @@ def corpus_domains(cfg:RunConfig, spec:dict)->list:
     if bad: raise EnsDistillError(f"unknown domain(s) {bad}; the corpus spec has {list(spec)}")
     if not doms: raise EnsDistillError("no domains configured; set cfg.domains")
     return doms
+
+def check_data_config(cfg:RunConfig)->dict:
+    "The corpus spec of `cfg`, after checking its domains and data folder (one-line errors; nothing read or built)."
+    spec = load_corpus_spec(cfg.corpus)
+    if any('path' in s for d in corpus_domains(cfg, spec) for s in spec[d]): resolve_data_dir(cfg.data_dir)
+    return spec
 
 def _documents(cfg:RunConfig, spec:dict)->dict:
     "Column lists of every document of the configured domains."
@@ -424,7 +430,8 @@ class Corpus:
     "Processed data: `.blocks` (DatasetDict train/dev/test), `.docs`, `.router`, `.fingerprint`, `.domains`."
     def __init__(self, path, cached:bool=True):
         self.path, self.cached = Path(path), cached
-        self.meta = json.loads((self.path/'meta.json').read_text())
+        self.meta = read_data_meta(self.path)
+        if cached: verify_data(self.path, self.meta)
         self.blocks = datasets.load_from_disk(str(self.path/'blocks'))
         self.docs = datasets.load_from_disk(str(self.path/'docs'))
         self.router = TfidfRouter.load(self.path/'router')
@@ -537,18 +544,34 @@ def _save(cfg, out, fp, doms, docs, blocks, router, build_s):
     bf = F(input_ids=seq, doc_idx=seq, domain=datasets.Value('string'), cluster=datasets.Value('int32'))
     df = F(doc_id=datasets.Value('string'), domain=datasets.Value('string'), split=datasets.Value('string'),
            source=datasets.Value('string'), cluster=datasets.Value('int32'), n_tokens=datasets.Value('int32'), text=datasets.Value('string'))
-    tmp = out.with_name(out.name + f'.tmp{os.getpid()}')
-    shutil.rmtree(tmp, ignore_errors=True)
-    with _quiet():
+    with _quiet(), atomic_dir(out) as tmp:                              # a unique temp folder, renamed when complete
         datasets.DatasetDict({s: datasets.Dataset.from_dict({k: [x.tolist() for x in v] if k in ('input_ids', 'doc_idx') else v
                                                              for k, v in b.items()}, features=bf)
                               for s, b in blocks.items()}).save_to_disk(str(tmp/'blocks'))
         datasets.Dataset.from_dict(docs, features=df).save_to_disk(str(tmp/'docs'))
-    router.save(tmp/'router')
-    meta = dict(fingerprint=fp, domains=doms, holdout_domains=list(cfg.holdout_domains), block_size=cfg.block_size,
-                n_clusters=cfg.n_clusters, build_s=round(build_s, 2))
-    (tmp/'meta.json').write_text(json.dumps(meta, indent=1))
-    shutil.rmtree(out, ignore_errors=True); os.replace(tmp, out)
+        router.save(tmp/'router')
+        files = {str(f.relative_to(tmp)): file_sha256(f) for f in sorted(tmp.rglob('*')) if f.is_file()}
+        meta = dict(fingerprint=fp, domains=doms, holdout_domains=list(cfg.holdout_domains), block_size=cfg.block_size,
+                    n_clusters=cfg.n_clusters, build_s=round(build_s, 2), files=files)
+        (tmp/'meta.json').write_text(json.dumps(meta, indent=1))
+
+# %% ../nbs/10_data.ipynb #e18c0002
+def read_data_meta(path)->dict|None:
+    "The `meta.json` of the data cache folder `path` (None when missing); a one-line error when it is damaged."
+    m = Path(path)/'meta.json'
+    if not m.exists(): return None
+    try: d = json.loads(m.read_text())
+    except (ValueError, UnicodeDecodeError): d = None
+    if not isinstance(d, dict) or 'fingerprint' not in d:
+        raise EnsDistillError(f"data cache file {m} is damaged (not its JSON); delete {m.parent} and rerun to rebuild it")
+    return d
+
+def verify_data(path, meta:dict):
+    "Check every file of the data cache folder `path` against the sha256 in its `meta`; a one-line error naming a bad one."
+    for rel, sha in meta.get('files', {}).items():
+        f = Path(path)/rel
+        if not f.exists() or file_sha256(f) != sha: raise EnsDistillError(
+            f"data cache file {f} is {'missing' if not f.exists() else 'corrupt (sha256 mismatch)'}; delete {Path(path)} and rerun to rebuild it")
 
 # %% ../nbs/10_data.ipynb #ccbce5e6
 def prepare_data(cfg:RunConfig, # data settings: corpus, domains, caps, block_size, splits, n_clusters
@@ -559,9 +582,12 @@ def prepare_data(cfg:RunConfig, # data settings: corpus, domains, caps, block_si
     spec = load_corpus_spec(cfg.corpus)
     fp = data_fingerprint(cfg, tok, spec)
     out = cache_path(cfg.cache_dir, 'data', fp)
-    if (out/'meta.json').exists() and not rebuild: return Corpus(out, cached=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _build(cfg, tok, spec, out, fp)
+    done = lambda: not rebuild and 'files' in (read_data_meta(out) or {})   # (a corpus cached without checksums is rebuilt)
+    if done(): return Corpus(out, cached=True)
+    with locked(out, f'data cache {out}'):                                  # another builder: wait, then reuse its corpus
+        if done(): return Corpus(out, cached=True)
+        shutil.rmtree(out, ignore_errors=True)
+        _build(cfg, tok, spec, out, fp)
     return Corpus(out, cached=False)
 
 # %% ../nbs/10_data.ipynb #f1580355

@@ -29,8 +29,9 @@ from .stats import ece, mean_ci, task_compare
 # %% auto #0
 __all__ = ['TASKS_DIR', 'MMLU_LITE', 'FEWSHOT_POOL', 'SUITE', 'GEN_TASKS', 'HEADLINE_TASKS', 'HEADLINE_LIMIT', 'ITEMS_NOTE',
            'hellaswag_jsonl', 'mmlu_rows', 'local_splits', 'load_local', 'SubjectSampler', 'task_manager',
-           'local_task_names', 'member_paths', 'EnsembleLM', 'run_rule', 'model_spec', 'evaluate_tasks', 'members_hash',
-           'task_items', 'run_tasks', 'task_summary', 'compare_items', 'compare_runs', 'headline_suite', 'main']
+           'local_task_names', 'member_paths', 'check_members', 'EnsembleLM', 'run_rule', 'model_spec',
+           'evaluate_tasks', 'members_hash', 'task_items', 'run_tasks', 'task_summary', 'compare_items', 'compare_runs',
+           'headline_suite', 'main']
 
 # %% ../nbs/65_lmeval.ipynb #285bf078
 TASKS_DIR = Path(ens_distill.__file__).parent/'tasks'
@@ -142,6 +143,20 @@ def _pack(models:list, packed='auto'):
         if packed in (True, 'true', 'True'): raise
         return torch.nn.ModuleList(models)
 
+# %% ../nbs/65_lmeval.ipynb #e18f0001
+_SHAPE = ('vocab_size', 'hidden_size', 'num_hidden_layers', 'intermediate_size', 'num_attention_heads', 'num_key_value_heads')
+
+def check_members(models:list, # member models (HF causal LMs)
+                  names:list, # their names for messages (checkpoint dirs)
+                  mixed_sizes:bool=False): # allow members of different sizes (one vocabulary still required)
+    "One-line errors for members that cannot form one ensemble: another vocabulary, or (unless allowed) another size."
+    ref = {k: getattr(models[0].config, k, None) for k in _SHAPE}
+    for m, n in zip(models[1:], names[1:]):
+        d = [f'{k} {getattr(m.config, k, None)} vs {ref[k]}' for k in _SHAPE if getattr(m.config, k, None) != ref[k]
+             and (k == 'vocab_size' or not mixed_sizes)]
+        if d: raise EnsDistillError(f"member {n} does not match {names[0]} ({', '.join(d)}); an ensemble's members share one "
+                                    "vocabulary" + ("" if mixed_sizes else " and one size (packed=false scores mixed sizes on purpose)"))
+
 # %% ../nbs/65_lmeval.ipynb #f0ccc717
 def _register_model(name:str):
     "lm-eval's `register_model`, replacing an earlier class of the same name (a re-import or a re-run notebook cell)."
@@ -174,6 +189,8 @@ class EnsembleLM(TemplateLM):
             paths = member_paths(run, members)
             models = [AutoModelForCausalLM.from_pretrained(p, dtype=dt).eval() for p in paths]
             tokenizer = tokenizer or paths[0]
+            check_members(models, [str(p) for p in paths], mixed_sizes=run is None and packed in (False, 'false', 'False'))
+        elif not isinstance(models, PackedEnsemble): check_members(list(models), [f'model {i}' for i in range(len(models))], True)
         self.ens = (models if isinstance(models, PackedEnsemble) else _pack(list(models), packed)).to(self._device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
         if self.tokenizer is None: raise EnsDistillError("no tokenizer: save one with the members or pass tokenizer=DIR")

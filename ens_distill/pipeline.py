@@ -4,26 +4,42 @@
 
 # %% ../nbs/68_pipeline.ipynb #a7a1b2c4
 from __future__ import annotations
-import math, shutil, time
+import contextlib, math, shutil, time
 import torch
 from dataclasses import replace
 import torch.distributed as dist
 from fastcore.script import call_parse
 from .core import *
-from .runs import RunDir, atomic_write, check_not_finished, is_finished, run_path, run_record, staging_path, swap_in
-from .data import prepare_data, cluster_purity
+from .runs import (RunDir, atomic_write, check_not_finished, is_finished, locked, run_path, run_record, staging_path,
+                              swap_in, writable_dir)
+from .data import check_data_config, prepare_data, cluster_purity
 from .teacher import load_teacher, teacher_caches
 from .parallel import (Comm, init_dist, member_split, shard_members, join_members, parallel_perplexity,
                                   comm_bytes_per_token, merge_rows, staged)
-from .methods import Context, get_method, method_names
+from .methods import Context, get_method, method_names, large_size
+from .prune import member_config, parse_cut
 from .compute import add_overhead, count_params, inference_flops_per_token
 from .routing import fit_routing, prefix_texts, router_flops
 from .packed import PackedEnsemble
 from .eval import evaluate, kl_capture, token_stats
 
 # %% auto #0
-__all__ = ['prepare_run', 'prepare', 'evaluate_run', 'headline', 'dev_blocks', 'dev_curve_fn', 'run_pipeline', 'run_method',
-           'run_parallel']
+__all__ = ['check_teacher_fit', 'prepare_run', 'prepare', 'evaluate_run', 'headline', 'dev_blocks', 'dev_curve_fn',
+           'run_pipeline', 'run_method', 'run_parallel']
+
+# %% ../nbs/68_pipeline.ipynb #e18d0002
+def check_teacher_fit(cfg:RunConfig, model):
+    "One-line errors for settings the loaded teacher cannot serve: its context, pruned sizes it cannot be cut to."
+    n_ctx = getattr(model.config, 'max_position_embeddings', None)
+    if n_ctx and cfg.block_size > n_ctx:
+        raise ConfigError(f"config key 'block_size': {cfg.block_size} is beyond the teacher's context of {n_ctx} tokens; lower it")
+    for key in ('size', 'large_size'):
+        v, n = getattr(cfg, key), model.config.num_hidden_layers
+        if (cut := parse_cut(v)) is None: continue
+        if cut['layers'] > n: raise ConfigError(f"config key '{key}': {v!r} cuts {cut['layers']} layers from a teacher of {n} layers; pick p1..p{n}")
+        try: member_config(v, model.config)
+        except EnsDistillError as e: raise ConfigError(f"config key '{key}': {e}") from None
+    if cfg.method == 'single_large': large_size(cfg, model.config)
 
 # %% ../nbs/68_pipeline.ipynb #e371dc28
 def prepare_run(cfg:RunConfig, progress:bool=True, verbose:bool=True)->dict:
@@ -33,10 +49,9 @@ def prepare_run(cfg:RunConfig, progress:bool=True, verbose:bool=True)->dict:
         nonlocal t
         times[name] = time.time() - t; t = time.time()
         if verbose: print(f'{name:>12}: {times[name]:7.1f} s')
+    cfg = validate(cfg); check_data_config(cfg); writable_dir(cfg.cache_dir, 'cache_dir')
     model, tok = load_teacher(cfg.teacher, cfg.cache_dir); phase('teacher')
-    n_ctx = getattr(model.config, 'max_position_embeddings', None)
-    if n_ctx and cfg.block_size > n_ctx:
-        raise ConfigError(f"config key 'block_size': {cfg.block_size} is beyond the teacher's context of {n_ctx} tokens; lower it")
+    check_teacher_fit(cfg, model)
     corpus = prepare_data(cfg, tok); phase('data')
     caches = teacher_caches(cfg, corpus, model, tok, progress=progress); phase('topk cache')
     stats = dict(bytes_per_token=caches['train'].bytes_per_token, cache_flops=sum(c.flops for c in caches.values()),
@@ -181,8 +196,16 @@ def run_pipeline(cfg:RunConfig, # the run's configuration (`cfg.method` picks th
                  overwrite:bool=False, # redo a finished run
                  progress:bool=True, verbose:bool=True)->dict:
     "Prepare, fit, evaluate and record one run; its metrics on rank 0 (this rank's training summary elsewhere)."
+    cfg = validate(cfg)
+    if comm.rank: return _pipeline(cfg, comm, resume, overwrite, progress, verbose)
+    writable_dir(cfg.out_dir, 'out_dir')
+    with locked(run_path(cfg), f'run {run_path(cfg)}', wait=False):       # a second live run into this folder: one line naming the owner
+        return _pipeline(cfg, comm, resume, overwrite, progress, verbose)
+
+def _pipeline(cfg:RunConfig, comm:Comm, resume:bool, overwrite:bool, progress:bool, verbose:bool)->dict:
+    "`run_pipeline` on a validated config, with this rank's hold on the run folder."
     t0, phases, lead = time.time(), {}, comm.rank == 0
-    cfg = validate(cfg); method = get_method(cfg.method)
+    method = get_method(cfg.method)
     check_not_finished(run_path(cfg), resume, overwrite)
     seed_everything(cfg.seed)
     prep = staged(lambda: prepare_run(cfg, progress=progress and lead, verbose=verbose and lead), comm)

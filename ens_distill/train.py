@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .core import *
 from .compute import count_params, train_flops
-from .runs import RunDir
+from .runs import NOT_IN_NAME, RunDir
 from .losses import distill_loss, fkl_ce_grad, student_buckets, teacher_buckets, mixture_kl, alpha_at, check_finite
 from .packed import scratch
 
@@ -179,8 +179,7 @@ def load_checkpoint(path, ens, opt=None, sched=None, streams=None)->dict:
 # %% ../nbs/45_train.ipynb #b6d286f3
 CKPT_SECONDS = 300  # with ckpt_every=0, a checkpoint every 5 minutes of training (and always at the end)
 
-_NOT_TRAINING = {'out_dir', 'run_name', 'cache_dir', 'data_dir', 'seeds', 'eval_tasks', 'eval_limit', 'eval_batch_size', 'log_every',
-                 'ckpt_every', 'device', 'dev_curve', 'dev_curve_blocks', 'combine', 'routing', 'route_temp', 'route_prefix'}
+_NOT_TRAINING = NOT_IN_NAME | {'combine', 'routing', 'route_temp', 'route_prefix'}   # + what only evaluation reads
 
 def training_settings(cfg:RunConfig)->dict:
     "The settings that change what training computes (a checkpoint records them; resuming with others is refused)."

@@ -187,7 +187,8 @@ def test_routed_cbtm_scores_tasks_with_its_own_router(tmp_path):
     from ens_distill.pipeline import run_method
     cfg = get_config('smoke', method='cbtm', routing='tfidf', dtype='fp32', out_dir=str(tmp_path/'runs'), cache_dir=str(tmp_path/'cache'))
     run_method(cfg, progress=False, verbose=False)
-    run = tmp_path/'runs'/'cbtm-tfidf-K2-tiny-s0'
+    from ens_distill.runs import run_path
+    run = run_path(cfg)
     assert (run/'router'/'route.json').exists() and run_rule(run) == ('weighted', run/'router')
     assert model_spec(run)[1].endswith(f"router={(run/'router').resolve()}")
     routed, mean = EnsembleLM(run=str(run), router=str(run/'router'), device='cpu'), EnsembleLM(run=str(run), combine='mean', device='cpu')

@@ -7,6 +7,7 @@ from ens_distill.losses import forward_kl, student_buckets, teacher_buckets
 from ens_distill.methods import Context, fit_plan, boost_plan, _all
 from ens_distill.packed import PackedEnsemble, student_config
 from ens_distill.pipeline import prepare_run, run_method
+from ens_distill.runs import run_path
 from ens_distill.train import Plan, MemberStreams, batch_loss
 
 @pytest.fixture(scope='module')
@@ -25,7 +26,7 @@ def test_ncl_lambda0_is_independent_training_on_shared_batches(tmp_path, cache):
     prep = prepare_run(cfg, progress=False, verbose=False)
     ctx = Context(cfg, prep['model'], prep['tokenizer'], prep['corpus'], prep['caches'], progress=False)
     ens, s = fit_plan(ctx, Plan(_all(ctx, cfg.K), shared=True))
-    got = load_state(tmp_path/'runs'/'ncl-lam0-K2-tiny-s0')
+    got = load_state(run_path(cfg))
     for n, t in ens.state_dict().items(): assert torch.equal(got[n], t.detach().cpu()), n
     assert s['steps'] == m['steps']
 
@@ -101,7 +102,7 @@ def test_held_out_domain_is_test_only_and_routing_reads_only_the_prefix(tmp_path
     d2, _ = route_features(replace(ctx, corpus=Shuffled(c)), 'test')
     assert has.all() and torch.equal(d, d2)
     m = run_method(cfg, progress=False, verbose=False)
-    ev = json.loads((tmp_path/'runs'/'cbtm-learned-K2-tiny-s0'/'eval.json').read_text())
+    ev = json.loads((run_path(cfg)/'eval.json').read_text())
     n = len(toks) * (toks.shape[1] - 1 - P)
     assert ev['meta']['skip'] == P and m['rule'] == 'weighted'
     assert {r['overall']['n_tokens'] for r in list(ev['ensemble'].values()) + ev['members']} == {n}
@@ -112,8 +113,9 @@ def test_members_pruned_from_the_teacher(tmp_path, cache):
     raw = run_method(smoke(tmp_path, cache, method='raw', size='p2', K=1), progress=False, verbose=False)
     teacher = run_method(smoke(tmp_path, cache, method='teacher'), progress=False, verbose=False)
     assert abs(raw['test_ppl'] - teacher['test_ppl']) <= 1e-4 * teacher['test_ppl']
-    m = run_method(smoke(tmp_path, cache, method='independent', size='p1', prune_layers='offset'), progress=False, verbose=False)
-    run = tmp_path/'runs'/'independent-K2-p1-s0'
+    cp = smoke(tmp_path, cache, method='independent', size='p1', prune_layers='offset')
+    m = run_method(cp, progress=False, verbose=False)
+    run = run_path(cp)
     a, b = (AutoModelForCausalLM.from_pretrained(run/'members'/f'member_{k}') for k in (0, 1))
     assert a.config.num_hidden_layers == 1 and math.isfinite(m['test_ppl'])
     imp = run_method(smoke(tmp_path, cache, method='single', size='p1', prune_layers='importance'), progress=False, verbose=False)

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
 from ens_distill.core import *
-from ens_distill.runs import RunDir
+from ens_distill.runs import RunDir, run_path
 from ens_distill.teacher import tiny_teacher, TopKCache
 from ens_distill.packed import PackedEnsemble, student_config
 from ens_distill.train import Plan, train, find_checkpoint
@@ -31,7 +31,7 @@ def _run(out, resume, kill_when_ckpt=False):
     env = {**os.environ, 'HF_HUB_OFFLINE': '1', 'OMP_NUM_THREADS': '1'}
     p = subprocess.Popen([sys.executable, '-c', SCRIPT, str(out), '1' if resume else '0'], env=env)
     if kill_when_ckpt:
-        ck = out/'runs'/'independent-K2-tiny-s0'/'ckpt'/'state.pt'
+        ck = run_path(get_config('smoke', out_dir=str(out/'runs'), tokens_per_member=600*4*32, dtype='fp32'))/'ckpt'/'state.pt'
         t0 = time.time()
         while not ck.exists() and p.poll() is None and time.time() - t0 < 300: time.sleep(0.01)
         p.send_signal(signal.SIGKILL)
@@ -46,7 +46,7 @@ def test_killed_run_resumes_to_identical_weights(tmp_path):
     assert _run(b, True) == 0
     wa, wb = load_file(str(a/'final.safetensors')), load_file(str(b/'final.safetensors'))
     for k in wa: assert torch.equal(wa[k], wb[k]), k
-    rows = RunDir(get_config('smoke', out_dir=str(b/'runs')), resume=True).rows()
+    rows = RunDir(get_config('smoke', out_dir=str(b/'runs'), tokens_per_member=600*4*32, dtype='fp32'), resume=True).rows()
     steps = [int(r['step']) for r in rows]
     assert steps == sorted(set(steps)) and steps[-1] == 600
 
