@@ -455,8 +455,9 @@ def evaluate_tasks(model, # lm-eval model name ('hf', 'ens_distill'), an lm-eval
                           torch_random_seed=seed, fewshot_random_seed=seed, log_samples=items, **kwargs)
     if raw: return out
     res = _compact(out)
-    for t, ss in (out.get('samples') or {}).items():
-        if items and t in res: res[t]['items'] = _item_arrays(ss)
+    if items:
+        for t, ss in (out.get('samples') or {}).items():
+            if t in res: res[t]['items'] = _item_arrays(ss)
     return res
 
 # %% ../nbs/65_lmeval.ipynb #7f43713c
@@ -508,12 +509,12 @@ def run_tasks(run, # a finished run directory (members/ and metrics.json)
               overwrite:bool=False, # score again tasks the run already has in tasks.json
               data_dir=None, # the offline eval sets (default: `resolve_data_dir()`)
               cache_dir=None)->dict: # scores of identical members are reused from `cache_dir/lmeval/scores`
-    "Score a run on the tasks it lacks; merge them into `<run>/tasks.json`, `<run>/task_items.json` and the key `tasks` of its `metrics.json`."
+    "Score a run on the tasks it lacks (in tasks.json or in task_items.json); merge them into `<run>/tasks.json`, `<run>/task_items.json` and the key `tasks` of its `metrics.json`."
     p = Path(run); mpath, out = p/'metrics.json', p/'tasks.json'
     if not mpath.exists(): raise EnsDistillError(f"{p} has no metrics.json; finish the run (run_method) before scoring its tasks")
     old = json.loads(out.read_text()) if out.exists() and not overwrite else dict(tasks={}, meta={})
     items = {} if overwrite else task_items(p)
-    todo = [t for t in (tasks or SUITE) if t not in old['tasks']]
+    todo = [t for t in (tasks or SUITE) if t not in old['tasks'] or t not in items]   # a score without per-item records is scored again
     if not todo: return old
     rule, router = run_rule(p) if combine is None else (combine, p/'router' if combine == 'weighted' else None)
     system = members_hash(p) + (f'-r{_files_hash(router)}' if router else '')      # the members and, routed, the router
@@ -556,14 +557,19 @@ def task_summary(recs, # one system's per-item arrays of a task (`task_items(run
                 answer_ece=e and e['ece'], answer_ece_informative=bool(e and e['informative']), answer_ece_note=e['note'] if e else 'open answer: no answer distribution')
 
 # %% ../nbs/65_lmeval.ipynb #1683a86d
-def compare_items(a:dict, b:dict, # per-item arrays of one task for systems A and B (`task_items(run)[task]`)
+def compare_items(a, b, # per-item arrays of one task for systems A and B (`task_items(run)[task]`), or lists of them (seeds, paired by index)
                   n_boot:int=2000, level:float=0.95)->dict:
-    "A - B on the items both answered: accuracy difference (CI, McNemar's p, verdict) and gold log-likelihood difference (CI, verdict)."
-    ids = sorted(set(a['id']) & set(b['id']))
+    "A - B on the items all records answered: accuracy difference (CI, McNemar's p, verdict) and gold log-likelihood difference (CI, verdict)."
+    a, b = ([r] if isinstance(r, dict) else list(r) for r in (a, b))
+    if len(a) != len(b): raise EnsDistillError(f"compare_items: {len(a)} seed(s) of A against {len(b)} of B; pair them one to one")
+    ids = sorted(set.intersection(*(set(r['id']) for r in a + b)))
     if not ids: raise EnsDistillError("the two systems share no items; score both with the same limit and seed")
-    pick = lambda r, k: None if r.get(k) is None or None in r[k] else np.asarray(r[k], float)[[r['id'].index(i) for i in ids]]
-    return dict(n=len(ids), acc_a=float(pick(a, 'correct').mean()), acc_b=float(pick(b, 'correct').mean()),
-                **task_compare(pick(a, 'correct'), pick(b, 'correct'), pick(a, 'gold_ll'), pick(b, 'gold_ll'), n_boot=n_boot, level=level))
+    at = [(r, [p[i] for i in ids]) for r in a + b for p in [{i: j for j, i in enumerate(r['id'])}]]   # each record's positions of `ids`, found once
+    def pick(k):   # ([S,U] of A, [S,U] of B), None for a key some record lacks
+        v = [None if r.get(k) is None or None in r[k] else np.asarray(r[k], float)[j] for r, j in at]
+        return (None, None) if any(x is None for x in v) else (np.stack(v[:len(a)]), np.stack(v[len(a):]))
+    (ca, cb), (la, lb) = pick('correct'), pick('gold_ll')
+    return dict(n=len(ids), seeds=len(a), acc_a=float(ca.mean()), acc_b=float(cb.mean()), **task_compare(ca, cb, la, lb, n_boot=n_boot, level=level))
 
 def compare_runs(run_a, run_b, # two scored run directories (A - B)
                  tasks=None, n_boot:int=2000)->pd.DataFrame: # tasks (default: all both have per-item records for)

@@ -264,6 +264,37 @@ def _label(d:dict)->str:
     "An entry's name for tables and figures: variant, K (the matched K of a single student) and member size."
     return f"{d.get('variant', d['method'])} K={d.get('cfg_K', d['K']) if d['method'] in ('single_matched', 'single_large') else d['K']} {d.get('size', '')}"
 
+def _entries(lb:pd.DataFrame)->list:
+    "A unique name per leaderboard row: its `_label`, plus the keys (tokens per member, teacher, ...) that tell apart rows sharing it."
+    rs = lb.to_dict('records'); names = [_label(d) for d in rs]
+    for n in {n for n in names if names.count(n) > 1}:
+        g = [i for i, m in enumerate(names) if m == n]
+        ks = [k for k in _keys(lb) if len({str(rs[i][k]) for i in g}) > 1]
+        for i in g: names[i] = n + ''.join(f' {k}={rs[i][k]}' for k in ks)
+    return names
+
+def _run_items(path)->dict:
+    "The per-item task records of one run folder ({} without `task_items.json`)."
+    if not (Path(path)/'task_items.json').exists(): return {}
+    from ens_distill.lmeval import task_items
+    return task_items(path)
+
+def _item_recs(df:pd.DataFrame, d:dict)->dict:
+    "{seed: per-item task records} of the runs of entry `d` that kept them."
+    s = _seeds_of(df, d) if 'path' in df else df.iloc[:0]
+    return {(int(r.seed) if 'seed' in s and not pd.isna(r.seed) else i): it for i, r in enumerate(s.itertuples()) for it in [_run_items(r.path)] if it}
+
+def _task_verdicts(df:pd.DataFrame, a:dict, b:dict, n_boot:int=1000)->dict:
+    "{task: verdict of a - b in accuracy} (`lmeval.compare_items`, seeds paired) for the tasks both entries kept per-item records of."
+    from ens_distill.lmeval import compare_items
+    ra, rb = _item_recs(df, a), _item_recs(df, b)
+    if len(rb) == 1 and len(ra) > 1: rb = {s: next(iter(rb.values())) for s in ra}   # a seedless reference pairs with every seed
+    out = {}
+    for t in sorted({t for r in ra.values() for t in r}):
+        ss = [s for s in sorted(set(ra) & set(rb)) if t in ra[s] and t in rb[s]]
+        if ss: out[t] = compare_items([ra[s][t] for s in ss], [rb[s][t] for s in ss], n_boot)['verdict']
+    return out
+
 def _diff(df:pd.DataFrame|None, a:dict, b:dict, ci:dict|None)->str:
     "Test CE of a - b with its paired 95% CI, or the difference of seed means and why there is no CI."
     if ci: return f"{ci['diff']:+.3f} nats [{ci['lo']:+.3f}, {ci['hi']:+.3f}]"
@@ -295,13 +326,16 @@ def win_ensemble_vs_matched(lb:pd.DataFrame, min_tasks:int=2, df:pd.DataFrame|No
         ci = None if df is None else paired_ce(df, d, _other(d, '_sm', ['size']))
         ce_v = ci['verdict'] if ci else 'inconclusive' if df is not None else 'supported' if d['test_ppl_mean'] < d['test_ppl_mean_sm'] else 'contradicted'
         both = [t for t in tasks if not pd.isna(d.get(f'{t}_mean')) and not pd.isna(d.get(f'{t}_mean_sm'))]
-        tw = [t[4:] for t in both if d[f'{t}_mean'] > d[f'{t}_mean_sm']]                  # ties are ties, not wins
+        tv = {} if df is None else _task_verdicts(df, d, _other(d, '_sm', ['size']))
+        ci_w = [t[4:] for t in both if tv.get(t[4:]) == 'supported']                          # with per-item records: a win only when the CI says so
+        mean_w = [t[4:] for t in both if t[4:] not in tv and d[f'{t}_mean'] > d[f'{t}_mean_sm']]   # without: seed means (ties are ties, not wins)
+        tw = ci_w + mean_w
         oks.append('contradicted' if ce_v == 'contradicted' else 'supported' if ce_v == 'supported' and len(tw) >= min_tasks else 'inconclusive')
         b = _other(d, '_sm', ['size']); rows.append(_row(d, b, _diff(df, d, b, ci), oks[-1]))
         setting = ' '.join(f'{k}={d[k]}' for k in ('objective', 'alpha', 'tau', 'routing') if k in d and lb[k].nunique() > 1 and (k != 'routing' or d['method'] == 'cbtm'))
         lines.append(f"K={d['K']} {d['size']}: {d.get('variant', d['method'])}{' (' + setting + ')' if setting else ''} ppl {_pm(d['test_ppl_mean'], d['test_ppl_sd'])} vs single_matched "
                      f"{_pm(d['test_ppl_mean_sm'], d['test_ppl_sd_sm'])}{_ci_text(ci) if df is not None else ''}{_compute(d, '_sm')}; ahead on {len(tw)} of {len(both)} tasks"
-                     f"{' (' + ', '.join(tw) + ')' if tw else ''}.")
+                     f"{' (' + '; '.join(x for x in (', '.join(ci_w) + ': per-item 95% CI' if ci_w else '', ', '.join(mean_w) + ': seed means, no per-item CI' if mean_w else '') if x) + ')' if tw else ''}.")
     ok = _aggregate(oks)
     if ok == 'inconclusive' and any(len([t for t in tasks if not pd.isna(d.get(f'{t}_mean'))]) < min_tasks for d in pairs.to_dict('records')):
         lines.append(f'Perplexity alone is not enough: the condition needs accuracies on >= {min_tasks} tasks for both.')
@@ -371,9 +405,10 @@ def win_latency(lat:pd.DataFrame, latency_tol:float=1.5)->dict:
 # %% ../nbs/80_report.ipynb #5210bd00
 def win_conditions(df:pd.DataFrame, # `collect_runs` table
                    lat:pd.DataFrame|None=None, # `load_latency` table
-                   latency_tol:float=1.5)->pd.DataFrame:
+                   latency_tol:float=1.5,
+                   lb:pd.DataFrame|None=None)->pd.DataFrame: # `leaderboard(df)`, when already computed
     "The three win conditions, each with its verdict computed from the data and the numbers behind it."
-    lb = leaderboard(df)
+    lb = leaderboard(df) if lb is None else lb
     if 'large_size' in df: lb = lb.merge(df.groupby(_keys(df))['large_size'].first().reset_index(), on=_keys(df), how='left')
     return pd.DataFrame([win_headline_pair(lb, df), win_ensemble_vs_matched(lb, df=df), win_specialization(lb, df), win_latency(lat, latency_tol)])
 
@@ -433,25 +468,21 @@ def plot_pareto(lc:pd.DataFrame, ax=None):
 _TC_COLS = ['entry', 'task', 'interval', 'n', 'seeds', 'acc', 'acc_lo', 'acc_hi', 'chance', 'gold_ll', 'gold_ll_lo', 'gold_ll_hi',
             'answer_ece', 'answer_ece_informative', 'answer_ece_note']
 
-def _run_items(path)->dict:
-    "The per-item task records of one run folder ({} without `task_items.json`)."
-    if not (Path(path)/'task_items.json').exists(): return {}
-    from ens_distill.lmeval import task_items
-    return task_items(path)
-
 def task_cis(df:pd.DataFrame, # `collect_runs` table
              n_boot:int=1000)->pd.DataFrame:
     "Per entry and task: accuracy (and gold log-likelihood, answer ECE) with 95% CIs from per-item records, else the seed mean and 'n/a (no per-item data)'."
-    rows, ts = [], task_names(df) if len(df) else []
-    for d in leaderboard(df).to_dict('records'):
-        recs = [_run_items(p) for p in _seeds_of(df, d).path] if 'path' in df else []
-        for t in sorted(set(ts) | {t for r in recs for t in r}):
-            rs = [r[t] for r in recs if t in r]; rs = [r for r in rs if r['id'] == rs[0]['id']]
-            if rs:
-                from ens_distill.lmeval import task_summary
-                rows.append(dict(entry=_label(d), task=t, interval='95% CI over items' + (' and seeds' if len(rs) > 1 else ''), **task_summary(rs, n_boot)))
+    from ens_distill.lmeval import task_summary
+    rows, ts, lb = [], task_names(df) if len(df) else [], leaderboard(df)
+    for d, name in zip(lb.to_dict('records'), _entries(lb)):
+        paths = list(_seeds_of(df, d).path) if 'path' in df else []
+        recs = [(p, _run_items(p)) for p in paths]
+        for t in sorted(set(ts) | {t for _, r in recs for t in r}):
+            rs = [(p, r[t]) for p, r in recs if t in r]
+            bad = next((p for p, r in rs if r['id'] != rs[0][1]['id']), None)
+            if bad: raise EnsDistillError(f"{bad}: its per-item records of {t} cover other items than {rs[0][0]}'s; score every seed with the same limit and seed")
+            if rs: rows.append(dict(entry=name, task=t, interval='95% CI over items' + (' and seeds' if len(rs) > 1 else ''), **task_summary([r for _, r in rs], n_boot)))
             elif not pd.isna(d.get(f'acc_{t}_mean', np.nan)):
-                rows.append(dict(entry=_label(d), task=t, interval='n/a (no per-item data)', acc=d[f'acc_{t}_mean'], seeds=d.get(f'acc_{t}_n')))
+                rows.append(dict(entry=name, task=t, interval='n/a (no per-item data)', acc=d[f'acc_{t}_mean'], seeds=d.get(f'acc_{t}_n')))
     return pd.DataFrame(rows, columns=_TC_COLS)
 
 # %% ../nbs/80_report.ipynb #dfbfe676
@@ -509,6 +540,12 @@ def _pick(lb:pd.DataFrame, **sel)->pd.DataFrame:
 
 def _setting(d:dict)->str: return f"{d.get('objective', 'fkl')}, alpha {d.get('alpha', 1):g}, tau {d.get('tau', 1):g}"
 
+_MATCH = ('K', 'size', 'tokens_per_member', 'teacher')   # entries a question compares share these
+
+def _chosen(*ns)->str:
+    "The caveat for a comparison whose sides were picked as the best of `ns` entries by test perplexity (none when nothing was picked)."
+    return ' (the better entries were chosen on the test set; the CI is optimistic)' if max(ns) > 1 else ''
+
 def _vs(df:pd.DataFrame, a:dict, b:dict)->tuple:
     "('a ppl vs b ppl: CE difference [CI]', verdict) for leaderboard entries a and b (a better: supported)."
     ci = paired_ce(df, a, b)
@@ -522,36 +559,44 @@ def _q_members(df, lb)->tuple:
     e = _pick(lb, method=method_names(ensemble=True), **_DEFAULT); e = e[e.K > 1]
     base = _pick(e, method='independent')
     if base.empty or len(e) < 2: return 'no ensemble runs besides independent seeds at the default objective', 'no data'
-    other = _pick(e[(e.K == base.K.iloc[0]) & (e['size'] == base['size'].iloc[0])], method=[m for m in e.method.unique() if m != 'independent'])
-    if other.empty: return 'no other ensemble method at the K and size of the independent runs', 'no data'
-    t, v = _vs(df, other.iloc[0].to_dict(), base.iloc[0].to_dict())
-    return f"Best of {other.variant.nunique() + 1} ways to train the members: {t}. Worst: {_label(other.iloc[-1])} {_pm(other.test_ppl_mean.iloc[-1], other.test_ppl_sd.iloc[-1])}.", v
+    b = base.iloc[0].to_dict()
+    other = _pick(e, method=[m for m in e.method.unique() if m != 'independent'], **{k: b[k] for k in _MATCH if k in e})
+    if other.empty: return 'no other ensemble method at the K, member size and budget of the independent runs', 'no data'
+    t, v = _vs(df, other.iloc[0].to_dict(), b)
+    return (f"Best of {other.variant.nunique() + 1} ways to train the members: {t}{_chosen(len(other), len(base))}. "
+            f"Worst: {_label(other.iloc[-1])} {_pm(other.test_ppl_mean.iloc[-1], other.test_ppl_sd.iloc[-1])}."), v
 
 def _q_objective(df, lb)->tuple:
-    "Which objective: per method with several settings, its best setting against the default (forward KL, alpha 1, tau 1)."
+    "Which objective: per method, K, member size, budget and routing with several settings, its best setting against the default (forward KL, alpha 1, tau 1)."
     lines, vs = [], []
-    for m, g in lb.groupby('method'):
+    on = [k for k in ('method', *_MATCH, 'routing', 'alpha_schedule') if k in lb]
+    for _, g in lb.groupby(on, dropna=False):
         base = _pick(g, **_DEFAULT); other = g.drop(base.index).sort_values('test_ppl_mean')
         if base.empty or other.empty: continue
         t, v = _vs(df, other.iloc[0].to_dict(), base.iloc[0].to_dict()); vs.append(v)
-        lines.append(f"{m}: the best setting ({_setting(other.iloc[0])}) {t}; the worst ({_setting(other.iloc[-1])}) {_pm(other.test_ppl_mean.iloc[-1], other.test_ppl_sd.iloc[-1])}.")
+        worst = f"; the worst ({_setting(other.iloc[-1])}) {_pm(other.test_ppl_mean.iloc[-1], other.test_ppl_sd.iloc[-1])}" if len(other) > 1 else ''
+        lines.append(f"{g.method.iloc[0]}: the best setting ({_setting(other.iloc[0])}) {t}{_chosen(len(other), len(base))}{worst}.")
     return (' '.join(lines), _aggregate(vs)) if lines else ('no runs vary the objective, alpha or tau', 'no data')
 
 # %% ../nbs/80_report.ipynb #a95e0005
-def _q_special(df, lb)->tuple:
-    "Whether specialization helps: c-BTM cluster specialists against independent members (win condition 2)."
-    w = win_specialization(lb, df)
+def _q_special(df, lb, w:dict|None=None)->tuple:
+    "Whether specialization helps: c-BTM cluster specialists against independent members (win condition 2; `w`: its result, when already computed)."
+    w = w or win_specialization(lb, df)
     if not w['rows']: return w['evidence'], w['verdict']
     return 'c-BTM specialists against independent members: ' + '; '.join(f"{r['comparison']}: {r['test ppl']} (test ppl), CE difference {r['CE difference [95% CI]']}" for r in w['rows']) + '.', w['verdict']
 
 def _q_data(df, lb)->tuple:
     "What data: members distilled on teacher-generated text (synthetic) against corpus text (independent), untrained members as the floor."
-    s, i = _pick(lb, method='synthetic', **_DEFAULT), _pick(lb, method='independent', **_DEFAULT)
-    if s.empty or i.empty: return 'no synthetic-data run with an independent baseline', 'no data'
-    t, v = _vs(df, s.iloc[0].to_dict(), i.iloc[0].to_dict())
+    on, d0 = [k for k in _MATCH if k in lb], _pick(lb, **_DEFAULT)
+    p = _pairs(d0, 'synthetic', 'independent', on=on)
+    if p.empty: return 'no synthetic-data run with an independent baseline at the same K, member size and budget', 'no data'
+    ts, vs = [], []
+    for d in p.to_dict('records'):
+        t, v = _vs(df, d, {**_other(d, '_b', on), 'K': d['K']}); vs.append(v)
+        ts.append(t + _chosen(len(_pick(d0, method='independent', **{k: d[k] for k in on}))))
     raw = _pick(lb, method='raw')
-    return f"Teacher-generated continuations against corpus text, both distilled from the teacher's top-k: {t}." + (
-        f" Untrained members score {_pm(raw.test_ppl_mean.iloc[0], raw.test_ppl_sd.iloc[0])}." if len(raw) else ''), v
+    return f"Teacher-generated continuations against corpus text, both distilled from the teacher's top-k: {'; '.join(ts)}." + (
+        f" Untrained members score {_pm(raw.test_ppl_mean.iloc[0], raw.test_ppl_sd.iloc[0])}." if len(raw) else ''), _aggregate(vs)
 
 # %% ../nbs/80_report.ipynb #a95e0007
 def _q_packed(bench:dict|None, lat:pd.DataFrame|None)->tuple:
@@ -586,10 +631,13 @@ def answers(df:pd.DataFrame, # `collect_runs` table
             lat:pd.DataFrame|None=None, # `load_latency` table
             sweeps:pd.DataFrame|None=None, # `scaling.load_sweeps` table
             bench:dict|None=None, # the packed vs loop benchmark (reports/bench_packed.json)
-            n_boot:int=200)->pd.DataFrame: # bootstrap refits of the scaling fits
+            n_boot:int=200, # bootstrap refits of the scaling fits
+            lb:pd.DataFrame|None=None, # `leaderboard(df)`, when already computed
+            wc:pd.DataFrame|None=None)->pd.DataFrame: # `win_conditions(df)`, when already computed (its specialization verdict is reused)
     "One row per research question: the answer with its numbers and CIs, and the verdict."
-    lb = leaderboard(df)
-    res = [_q_members(df, lb), _q_objective(df, lb), _q_special(df, lb), _q_data(df, lb), _q_packed(bench, lat), _q_scaling(sweeps, n_boot)] if len(lb) else \
+    lb = leaderboard(df) if lb is None else lb
+    w = next((r for r in wc.to_dict('records') if r['condition'].startswith('specialization')), None) if wc is not None else None
+    res = [_q_members(df, lb), _q_objective(df, lb), _q_special(df, lb, w), _q_data(df, lb), _q_packed(bench, lat), _q_scaling(sweeps, n_boot)] if len(lb) else \
           [('no runs', 'no data')] * 4 + [_q_packed(bench, lat), _q_scaling(sweeps, n_boot)]
     return pd.DataFrame([dict(question=q, answer=a, verdict=v) for q, (a, v) in zip(QUESTIONS, res)])
 
@@ -612,9 +660,8 @@ def _slim(nb)->None:
         c.outputs = [o for o in c.outputs if not (o.get('output_type') == 'stream' and o.get('name') == 'stderr') and not set(o.get('data', {})) & set(_NOT_RESULTS)]
         for o in c.outputs:
             if 'image/png' in o.get('data', {}): o.data['image/png'] = _small_png(o.data['image/png'])
-            if 'text/html' in o.get('data', {}):                            # table cells: NaN as n/a, inf as the symbol
-                h = re.sub(r'<td>\s*(NaN|nan|None)\s*</td>', '<td>n/a</td>', ''.join(o.data['text/html']))
-                o.data['text/html'] = re.sub(r'<td>\s*(-?)inf\s*</td>', r'<td>\1∞</td>', h)
+            if 'text/html' in o.get('data', {}):                            # table cells: inf as the symbol (a NaN stays, for check_site to find)
+                o.data['text/html'] = re.sub(r'<td>\s*(-?)inf\s*</td>', r'<td>\1∞</td>', ''.join(o.data['text/html']))
 
 def _alts(body:str, title:str)->str:
     "Give each figure nbconvert left without a description the alt text 'Figure: <the heading above it>'."
@@ -716,12 +763,13 @@ def _front(runs_dir, sweeps_dir, latency, bench, n_boot:int, entries:list, nav:l
     from ens_distill.scaling import load_sweeps
     df, lat = collect_runs(runs_dir), load_latency(latency)
     b = json.loads(Path(bench).read_text()) if bench and Path(bench).exists() else None
-    an = answers(df, lat, load_sweeps(sweeps_dir), b, n_boot)
-    lead = (f'What {len(df)} runs ({len(leaderboard(df))} configurations) in <code>{html.escape(str(runs_dir))}</code> say, built '
+    lb = leaderboard(df); wc = win_conditions(df, lat, lb=lb)                  # once: the answers reuse both
+    an = answers(df, lat, load_sweeps(sweeps_dir), b, n_boot, lb=lb, wc=wc)
+    lead = (f'What {len(df)} runs ({len(lb)} configurations) in <code>{html.escape(str(runs_dir))}</code> say, built '
             f'{time.strftime("%Y-%m-%d")}. A verdict is <em>supported</em> only when the 95% CI of the difference excludes 0 in the claimed '
             f'direction, <em>contradicted</em> when it excludes 0 the other way, else <em>inconclusive</em>; runs that saved no per-block '
             f'test data give no CI. Test perplexities are mean ± sd over seeds.')
-    return _index_html(entries, 'ens_distill: what the study found', nav, lead, an, win_table(win_conditions(df, lat)))
+    return _index_html(entries, 'ens_distill: what the study found', nav, lead, an, win_table(wc))
 
 # %% ../nbs/80_report.ipynb #04d02a92
 def publish(runs_dir='reports/study', # executed run notebooks (*.ipynb) and run folders
@@ -745,7 +793,6 @@ def publish(runs_dir='reports/study', # executed run notebooks (*.ipynb) and run
                             parameters=dict(runs_dir=str(runs_dir.resolve()), sweeps_dir=str(Path(sweeps_dir).resolve()),
                                             latency_path=str(Path(latency).resolve()), n_boot=n_boot))
     if not done.exists(): raise EnsDistillError(f"{done} does not exist; call publish with execute=True first")
-    old = {n: (site/n).read_bytes() for n in SHOTS if (site/n).exists()}   # screenshots of the last build, kept without a browser
     if site.exists(): shutil.rmtree(site)
     entries = [('Report', 'report.html', 'leaderboard, ablations, scaling, calibration/OOD, win conditions')]
     nav = [('Report', 'report.html')]
@@ -754,8 +801,8 @@ def publish(runs_dir='reports/study', # executed run notebooks (*.ipynb) and run
     for nb in sorted(runs_dir.glob('*.ipynb')):
         render_html(nb, site/'runs'/f'{nb.stem}.html', depth=1, nav=nav); entries.append((nb.stem, f'runs/{nb.stem}.html', _run_note(nb)))
     (site/'index.html').write_text(_front(runs_dir, sweeps_dir, latency, bench, n_boot, entries, nav), encoding='utf-8')
-    if _chromium() and (site/'report.html').read_text().count('Figure: Leaderboard'): screenshots(site)
-    else: [(site/n).write_bytes(b) for n, b in old.items()]
+    if not _chromium(): print('no screenshots: they need headless Chromium (Debian: apt-get install chromium)')
+    elif 'Figure: Leaderboard' in (site/'report.html').read_text(): screenshots(site)
     return site/'index.html'
 
 # %% ../nbs/80_report.ipynb #06a19e89
@@ -777,7 +824,7 @@ def _chromium()->str|None:
 
 async def _cdp(browser:str, jobs:list, width:int, height:int, timeout:float)->list:
     "Run (url, js, png, clip_js) jobs in one headless Chromium: load url, return js's value; save a screenshot to png (clipped to clip_js's rect)."
-    import aiohttp, asyncio, base64, subprocess, tempfile
+    import aiohttp, asyncio, subprocess, tempfile
     with tempfile.TemporaryDirectory() as prof:
         proc = subprocess.Popen([browser, '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--hide-scrollbars',
                                  f'--window-size={width},{height}', f'--user-data-dir={prof}', '--remote-debugging-port=0', 'about:blank'],

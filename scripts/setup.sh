@@ -20,7 +20,7 @@ apt_optional() {
   echo "note: $1 not installed; $3"
 }
 # jemalloc speeds up packed training on CPU
-apt_optional libjemalloc2 'ls /usr/lib/*-linux-gnu/libjemalloc.so.2' 'using the default allocator' || true
+apt_optional libjemalloc2 'ls /usr/lib/*-linux-gnu/libjemalloc.so.2' 'using the default allocator'
 # headless Chromium renders the published site in tests/test_report.py (the test is skipped without it)
-apt_optional chromium 'command -v chromium' 'the site rendering test will be skipped' || true
+apt_optional chromium 'command -v chromium' 'the site rendering test will be skipped'
 echo "ens_distill environment ready in $VENV"

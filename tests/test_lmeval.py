@@ -233,6 +233,18 @@ def test_run_tasks_keeps_per_item_records(run_dir, tmp_path):
     assert not math.isnan(h.loc['ed_lambada', 'chance']) and h.loc['ed_lambada', 'chance'] == 0
 
 
+def test_run_tasks_rescores_tasks_without_records(run_dir, tmp_path):
+    "A task in tasks.json but missing from task_items.json is scored again (not skipped); the other tasks' records stay as they were."
+    import json, shutil
+    run = tmp_path/'run'; shutil.copytree(run_dir/'members', run/'members'); (run/'metrics.json').write_text(json.dumps(dict(method='independent')))
+    r = run_tasks(run, ['ed_arc_easy', 'ed_boolq'], limit=3, dtype='float32', cache_dir=tmp_path/'cache')
+    it = task_items(run); lost = json.loads((run/'task_items.json').read_text()); lost.pop('ed_boolq')
+    (run/'task_items.json').write_text(json.dumps(lost))
+    r2 = run_tasks(run, ['ed_arc_easy', 'ed_boolq'], limit=3, dtype='float32', cache_dir=tmp_path/'fresh')   # a fresh cache: really scored
+    assert task_items(run) == it and r2['tasks'] == r['tasks'] and sorted(json.loads((run/'tasks.json').read_text())['tasks']) == ['ed_arc_easy', 'ed_boolq']
+    assert list((tmp_path/'fresh').rglob('*.json'))                                        # boolq went through the scorer
+
+
 def test_headline_suite_rule():
     "The headline keeps HEADLINE_TASKS; with teacher records, only those whose accuracy CI lies above chance."
     import numpy as np

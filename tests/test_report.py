@@ -60,6 +60,73 @@ def test_win_conditions_follow_the_data(tmp_path):
     assert wc.verdict.tolist() == ['no data', 'contradicted', 'contradicted', 'no data'], wc.evidence.tolist()   # CIs exclude 0 the other way
     assert win_conditions(collect_runs(tmp_path/'empty')).verdict.tolist() == ['no data'] * 4
 
+def test_answers_compare_matched_entries(tmp_path):
+    "Each question's verdict on fake runs of known outcome; an entry at another K is never compared, a best-of-several pick is flagged."
+    import ens_distill.report as R
+    for s in (0, 1):
+        fake_run(tmp_path, 'independent', 4, 'tiny', s, 3.0 + s / 100)
+        fake_run(tmp_path, 'cbtm', 4, 'tiny', s, 2.9 + s / 100, routing='tfidf')
+        fake_run(tmp_path, 'ncl', 4, 'tiny', s, 2.95 + s / 100)
+        fake_run(tmp_path, 'synthetic', 4, 'tiny', s, 3.3 + s / 100)
+        for a, ce in ((.5, 2.8), (.25, 2.85)): fake_run(tmp_path, 'independent', 4, 'tiny', s, ce + s / 100, objective='rkl', alpha=a, name=f'independent-rkl-a{a}-K4-tiny-s{s}')
+        fake_run(tmp_path, 'independent', 2, 'tiny', s, 2.5, objective='rkl', name=f'independent-rkl-K2-tiny-s{s}')   # unmatched: no K=2 default run
+        fake_run(tmp_path, 'synthetic', 2, 'tiny', s, 2.0)                                                          # unmatched: no K=2 independent run
+    df = collect_runs(tmp_path); lb = leaderboard(df)
+    an = answers(df)
+    assert an.verdict.tolist() == ['supported', 'supported', 'supported', 'contradicted', 'no data', 'no data'], an.answer.tolist()
+    assert all('K=2' not in a for a in an.answer), an.answer.tolist()          # the K=2 entries (better on paper) are never compared
+    assert an.answer[0].startswith('Best of 4 ways') and 'cbtm-tfidf K=4 tiny' in an.answer[0] and 'chosen on the test set; the CI is optimistic' in an.answer[0]
+    assert 'the best setting (rkl, alpha 0.5, tau 1)' in an.answer[1] and 'chosen on the test set' in an.answer[1]
+    assert 'synthetic K=4 tiny' in an.answer[3] and 'chosen on the test set' not in an.answer[3]   # one independent entry there: nothing picked
+    assert R._q_objective(df, lb[lb.K == 2]) == ('no runs vary the objective, alpha or tau', 'no data')
+    assert R._q_data(df, lb[(lb.K == 2) | (lb.method != 'synthetic')])[1] == 'no data'
+    assert R._q_special(df, lb)[1] == 'supported' and R._q_members(df, lb[lb.method != 'cbtm'])[1] == 'supported'   # ncl 2.95 vs 3.0
+
+def test_task_ci_table_tells_apart_entries_sharing_a_label(tmp_path):
+    "Entries differing only in tokens per member get one row each (not one merged row or a pivot error)."
+    for t, p in ((1000, .2), (2000, .8)):
+        for s in (0, 1): _items(fake_run(tmp_path/f't{t}', 'independent', 4, 'tiny', s, 3.0, tokens_per_member=t), p, seed=s)   # same run name and variant
+    w = task_ci_table(task_cis(collect_runs(tmp_path))).set_index('entry')
+    assert len(w) == 2 and float(w.loc['independent K=4 tiny tokens_per_member=1000', 'arc_easy*'].split()[0]) < .3 < float(w.loc['independent K=4 tiny tokens_per_member=2000', 'arc_easy*'].split()[0])
+
+def test_task_cis_names_the_run_whose_seeds_scored_other_items(tmp_path):
+    "Seeds of one entry scored on different items: a one-line EnsDistillError naming the run (as lmeval._stack refuses them), not a silent drop."
+    from ens_distill.core import EnsDistillError
+    df = _runs(tmp_path); _items(tmp_path/'independent-K4-tiny-s0', .45); _items(tmp_path/'independent-K4-tiny-s1', .45, U=200)
+    with pytest.raises(EnsDistillError, match='independent-K4-tiny-s1.*cover other items'): task_cis(df)
+
+def test_matched_task_wins_need_per_item_cis(tmp_path):
+    "Condition 1 counts a task as won from per-item records only when its CI excludes 0; tasks without records use seed means, labelled."
+    df = _runs(tmp_path)
+    assert win_conditions(df).verdict[1] == 'supported'                        # seed means: ahead on arc_easy and boolq
+    for s in (0, 1):
+        _items(tmp_path/f'independent-K4-tiny-s{s}', .45, seed=s); _items(tmp_path/f'single_matched-K4-tiny-s{s}', .45, seed=10 + s)
+    w = win_conditions(collect_runs(tmp_path)).iloc[1]
+    assert w.verdict == 'inconclusive' and 'ahead on 1 of 3 tasks (ed_boolq: seed means, no per-item CI)' in w.evidence, w.evidence
+    for s in (0, 1): _items(tmp_path/f'single_matched-K4-tiny-s{s}', .25, seed=10 + s)
+    w = win_conditions(collect_runs(tmp_path)).iloc[1]
+    assert w.verdict == 'supported' and 'ed_arc_easy: per-item 95% CI; ed_boolq: seed means, no per-item CI' in w.evidence, w.evidence
+
+def test_publish_without_chromium(tmp_path, monkeypatch, capsys):
+    "Without Chromium: no screenshots (none copied from the last build) and a note; the leaderboard and the specialization bootstraps run once; a NaN table cell stays visible."
+    import nbformat, ens_distill.report as R
+    from nbformat.v4 import new_notebook, new_code_cell, new_markdown_cell, new_output
+    runs = tmp_path/'runs'; _runs(runs)
+    done = tmp_path/'report.ipynb'
+    nbformat.write(new_notebook(cells=[new_markdown_cell('# Report'), new_code_cell('t', outputs=[new_output('display_data', {'text/html': '<table><tr><td>NaN</td></tr></table>'})])]), str(done))
+    site = tmp_path/'site'; site.mkdir()
+    for n in SHOTS: (site/n).write_bytes(b'old')
+    calls = {'leaderboard': 0, 'win_specialization': 0}
+    def count(f):
+        def g(*a, **k): calls[f.__name__] += 1; return f(*a, **k)
+        return g
+    for f in (R.leaderboard, R.win_specialization): monkeypatch.setattr(R, f.__name__, count(f))
+    monkeypatch.setattr(R, '_chromium', lambda: None)
+    idx = publish(runs, site, execute=False, executed_nb=done, sweeps_dir=tmp_path/'sweeps', latency=tmp_path/'none.json', bench=tmp_path/'none.json', n_boot=10)
+    assert not [n for n in SHOTS if (site/n).exists()] and 'no screenshots: they need headless Chromium' in capsys.readouterr().out
+    assert calls == {'leaderboard': 1, 'win_specialization': 1}, calls
+    assert '<td>NaN</td>' in (site/'report.html').read_text() and 'Does specialization help?' in idx.read_text()
+
 def _png_ok(src):
     from PIL import Image
     assert src.startswith('data:image/'), src[:60]
@@ -72,7 +139,7 @@ def test_published_site_renders_in_chromium(tmp_path):
     from nbformat.v4 import new_notebook, new_code_cell, new_markdown_cell, new_output
     runs = tmp_path/'runs'; _runs(runs); _items(runs/'independent-K4-tiny-s0', .45)
     buf = io.BytesIO(); plt.figure(figsize=(2, 1)); plt.plot([1, 2]); plt.savefig(buf, format='png'); plt.close()
-    wide = '<table class="dataframe"><tr>' + '<th>a_very_long_column_name</th>' * 30 + '</tr><tr>' + '<td>NaN</td>' * 30 + '</tr></table>'
+    wide = '<table class="dataframe"><tr>' + '<th>a_very_long_column_name</th>' * 30 + '</tr><tr>' + '<td>n/a</td>' * 30 + '</tr></table>'
     nbformat.write(new_notebook(cells=[new_markdown_cell('# A run'), new_code_cell('plot()', outputs=[
         new_output('display_data', {'image/png': base64.b64encode(buf.getvalue()).decode(), 'text/plain': 'f'}),
         new_output('stream', name='stderr', text='Traceback (most recent call last): a warning'), new_output('display_data', {'text/html': wide})])]),
