@@ -790,8 +790,8 @@ def publish(runs_dir='reports/study', # executed run notebooks (*.ipynb) and run
         import papermill as pm
         os.environ.setdefault('ENS_DISTILL_STATIC', '1')  # explorer cells render statically under papermill
         pm.execute_notebook(str(src), str(done), kernel_name='python3', progress_bar=False, execution_timeout=timeout, cwd=str(Path.cwd()),
-                            parameters=dict(runs_dir=str(runs_dir.resolve()), sweeps_dir=str(Path(sweeps_dir).resolve()),
-                                            latency_path=str(Path(latency).resolve()), n_boot=n_boot))
+                            parameters=dict(runs_dir=os.path.relpath(runs_dir), sweeps_dir=os.path.relpath(sweeps_dir),
+                                            latency_path=os.path.relpath(latency), n_boot=n_boot))  # relative to cwd: no machine's paths in the report
     if not done.exists(): raise EnsDistillError(f"{done} does not exist; call publish with execute=True first")
     if site.exists(): shutil.rmtree(site)
     entries = [('Report', 'report.html', 'leaderboard, ablations, scaling, calibration/OOD, win conditions')]
