@@ -34,10 +34,15 @@ def out_dir(tokens:int, preset:str='study')->str:
     return base.out_dir if tokens == base.tokens_per_member else f'{base.out_dir}-{tokens // 1000}k'
 
 
-def run_one(method:str, seed:int, tokens:int, extra:dict, preset:str='study'):
-    base = get_config(preset, method=method, seeds=[seed], **extra)
+def run_config(method:str, seed:int, tokens:int, extra:dict, preset:str='study'):
+    "The settings of one run and seed (the name a preset run would have, in the budget's own folder)."
+    base = get_config(preset, method=method, seed=seed, seeds=[seed], **extra)
     if tokens != base.tokens_per_member: extra = dict(extra, run_name=run_name(base))   # the folder spells the budget, not the name
-    cfg = get_config(preset, method=method, seeds=[seed], tokens_per_member=tokens, out_dir=out_dir(tokens, preset), **extra)
+    return get_config(preset, method=method, seed=seed, seeds=[seed], tokens_per_member=tokens, out_dir=out_dir(tokens, preset), **extra)
+
+
+def run_one(method:str, seed:int, tokens:int, extra:dict, preset:str='study'):
+    cfg = run_config(method, seed, tokens, extra, preset); extra = dict(extra, run_name=cfg.run_name) if cfg.run_name else extra
     path = run_path(cfg)
     if is_finished(path): print(f'== {path}: finished, skipped', flush=True); return
     nb = path.parent/f'{path.name}.ipynb'; nb.parent.mkdir(parents=True, exist_ok=True)
