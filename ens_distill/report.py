@@ -20,8 +20,8 @@ __all__ = ['GROUP_KEYS', 'QUESTIONS', 'SITE_CSS', 'SHOTS', 'collect_runs', 'seed
            'calibration_table', 'domain_table', 'task_table', 'missing_methods', 'load_latency', 'paired_ce',
            'win_ensemble_vs_matched', 'win_headline_pair', 'win_specialization', 'win_latency', 'win_conditions',
            'win_table', 'entry_cis', 'plot_leaderboard', 'plot_pareto', 'task_cis', 'task_ci_table',
-           'task_evidence_table', 'plot_tasks', 'answers', 'render_html', 'publish', 'publish_cli', 'check_site',
-           'screenshots']
+           'task_evidence_table', 'plot_tasks', 'plot_ablations', 'plot_reliability_grid', 'answers', 'render_html',
+           'publish', 'publish_cli', 'check_site', 'screenshots']
 
 # %% ../nbs/80_report.ipynb #4e881a07
 def collect_runs(root='reports/runs')->pd.DataFrame:
@@ -527,6 +527,55 @@ def plot_tasks(tc:pd.DataFrame, axs=None):
     h = {l: x for ax in axs for x, l in zip(*ax.get_legend_handles_labels())}
     axs[-1].legend(h.values(), h.keys(), fontsize=7, loc='lower right')
     return axs
+
+# %% ../nbs/80_report.ipynb #808696cf
+def _dots(ax, d:pd.DataFrame, labels:list, title:str):
+    "One small dot plot: test perplexity with its interval per row of `d` (an `entry_cis` table), log axis."
+    if d.empty: ax.text(.5, .5, 'no runs', ha='center', va='center', transform=ax.transAxes); ax.set_title(title, fontsize=9); ax.set_axis_off(); return ax
+    y = np.arange(len(d))
+    ax.errorbar(d.test_ppl_mean, y, xerr=[d.test_ppl_mean - d.ppl_lo, d.ppl_hi - d.test_ppl_mean], fmt='o', ms=4, capsize=2)
+    ax.set_yticks(y, labels, fontsize=7); ax.set_xscale('log'); ax.set_title(title, fontsize=9)
+    ax.set_xlabel('test perplexity (log; 95% CI or ± sd)', fontsize=8)
+    return ax
+
+def plot_ablations(lc:pd.DataFrame, axs=None):
+    "Routing, diversity and objective ablations as three small dot plots with intervals."
+    import matplotlib.pyplot as plt
+    if axs is None: _, axs = plt.subplots(1, 3, figsize=(14, 3.2))
+    r = lc[lc.method == 'cbtm'].sort_values(['K', 'size', 'routing']) if 'routing' in lc else lc.iloc[:0]
+    _dots(axs[0], r, [f"{d['routing']} K={d['K']} {d['size']}" for d in r.to_dict('records')], 'c-BTM routing')
+    both = lc[lc.method.isin(['independent', 'cbtm'])].groupby(['K', 'size']).method.transform('nunique') == 2
+    v = lc[lc.method.isin(['independent', 'cbtm'])][both].sort_values(['K', 'size', 'method'])
+    _dots(axs[1], v, [_label(d) for d in v.to_dict('records')], 'diversity: seeds vs clusters')
+    keys = [k for k in ('objective', 'alpha', 'tau') if k in lc]
+    m = lc.groupby('method')[keys].apply(lambda g: len(g.drop_duplicates())).idxmax() if len(lc) and keys else None
+    o = lc[lc.method == m].sort_values(keys) if m is not None else lc.iloc[:0]
+    _dots(axs[2], o if len(o) > 1 else o.iloc[:0], [' '.join(f'{k}={d[k]}' for k in keys) for d in o.to_dict('records')], f'objective settings ({m})')
+    return axs
+
+
+# %% ../nbs/80_report.ipynb #09514137
+def plot_reliability_grid(df:pd.DataFrame, lb:pd.DataFrame, max_entries:int=8, ncols:int=4):
+    "Reliability diagrams of up to `max_entries` entries (first seed, headline rule); None when no run saved them."
+    import matplotlib.pyplot as plt
+    from ens_distill.eval import plot_reliability
+    got = []
+    for d in lb.to_dict('records'):
+        s = _seeds_of(df, d)
+        f = Path(s.path.iloc[0])/'eval.json' if len(s) and 'path' in s else None
+        e = json.loads(f.read_text()) if f is not None and f.exists() else {}
+        rule = e.get('meta', {}).get('headline_rule', 'mean')
+        if 'reliability' in e.get('ensemble', {}).get(rule, {}): got.append((d, e, rule))
+    if not got: return None
+    got = got[:max_entries]; nr = -(-len(got) // ncols)
+    fig, axs = plt.subplots(nr, ncols, figsize=(3.2 * ncols, 3.2 * nr), squeeze=False)
+    for ax, (d, e, rule) in zip(axs.ravel(), got):
+        plot_reliability(e, [rule], ax=ax); ax.set_title(_label(d), fontsize=8); ax.legend(fontsize=6)
+        if e['ensemble'][rule]['overall'].get('ece_informative') is False: ax.text(.05, .9, 'accuracy too low: ECE uninformative', fontsize=6, transform=ax.transAxes)
+    for ax in axs.ravel()[len(got):]: ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
 
 # %% ../nbs/80_report.ipynb #a95e0002
 _DEFAULT = dict(objective='fkl', alpha=1.0, tau=1.0)

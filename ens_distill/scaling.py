@@ -364,6 +364,7 @@ def plot_scaling(df:pd.DataFrame, # sweep table (one row per run)
     by = [hue, 'K', 'size'] if hue not in ('K', 'size') else ['K', 'size']
     agg = seed_stats(df.dropna(subset=[y]), by, [y], _EXTRA).rename(columns={f'{y}_mean': 'mean', f'{y}_sd': 'sd'})
     order = list(STUDENT_SIZES) if hue == 'size' else sorted(agg[hue].unique())
+    span = (agg['mean'].min() / 2, agg['mean'].max() * 2)              # bands are clipped to the data's range: a wide one never flattens the points
     for i, h in enumerate([h for h in order if h in set(agg[hue])]):
         g = agg[agg[hue] == h].sort_values(x); c = f'C{i}'
         ax.errorbar(g[x], g['mean'], yerr=g['sd'], fmt='o', ms=4, capsize=2, color=c, label=f'{hue}={h}')
@@ -372,10 +373,12 @@ def plot_scaling(df:pd.DataFrame, # sweep table (one row per run)
         if cv is None: ax.plot(g[x], g['mean'], '-', color=c, lw=1, alpha=.6); continue
         xs, v, lo, hi = cv; o = np.argsort(xs)
         ax.plot(xs[o], tf(v[o]), '-', color=c, lw=1.2)
-        ax.fill_between(xs[o], tf(lo[o]), tf(hi[o]), color=c, alpha=.15, lw=0)
+        ax.fill_between(xs[o], np.clip(tf(lo[o]), *span), np.clip(tf(hi[o]), *span), color=c, alpha=.15, lw=0)
     if logx: ax.set_xscale('log')
+    if y == 'test_ppl': ax.set_yscale('log')
     ax.set_xlabel({'K': 'members K', 'N': 'params per member N', 'total_params': 'total params (K x N)', 'train_flops': 'training FLOPs'}.get(x, x))
-    ax.set_ylabel(y); ax.legend(fontsize='x-small', framealpha=.6)
+    ax.set_ylabel({'test_ppl': 'test perplexity (log scale)', 'test_ce': 'test CE (nats/token)', 'ece': 'ECE (15 equal-mass bins)',
+                   'task_acc': 'mean task accuracy'}.get(y, y)); ax.legend(fontsize='x-small', framealpha=.6)
     return ax
 
 # %% ../nbs/70_scaling.ipynb #1f210217
