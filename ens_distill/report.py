@@ -528,7 +528,7 @@ def plot_tasks(tc:pd.DataFrame, axs=None):
     axs[-1].legend(h.values(), h.keys(), fontsize=7, loc='lower right')
     return axs
 
-# %% ../nbs/80_report.ipynb #808696cf
+# %% ../nbs/80_report.ipynb #9372bddb
 def _dots(ax, d:pd.DataFrame, labels:list, title:str):
     "One small dot plot: test perplexity with its interval per row of `d` (an `entry_cis` table), log axis."
     if d.empty: ax.text(.5, .5, 'no runs', ha='center', va='center', transform=ax.transAxes); ax.set_title(title, fontsize=9); ax.set_axis_off(); return ax
@@ -554,7 +554,7 @@ def plot_ablations(lc:pd.DataFrame, axs=None):
     return axs
 
 
-# %% ../nbs/80_report.ipynb #09514137
+# %% ../nbs/80_report.ipynb #5e9ce868
 def plot_reliability_grid(df:pd.DataFrame, lb:pd.DataFrame, max_entries:int=8, ncols:int=4):
     "Reliability diagrams of up to `max_entries` entries (first seed, headline rule); None when no run saved them."
     import matplotlib.pyplot as plt
