@@ -121,8 +121,9 @@ def test_resume_says_what_it_does_and_refuses_changed_settings(tmp_path, capsys)
     (d/'metrics.json').unlink()
     with pytest.raises(EnsDistillError) as e: run_method(cfg, progress=False, verbose=False)    # a rerun without resume
     _one_line(e, 'checkpoint', 'resume=True')
-    with pytest.raises(EnsDistillError) as e: run_method(replace(cfg, lr=5e-3), resume=True, progress=False, verbose=False)
-    _one_line(e, 'other settings', 'lr')
+    assert run_path(replace(cfg, lr=5e-3)) != d                                       # another lr is another run (its own folder) ...
+    with pytest.raises(EnsDistillError) as e: run_method(replace(cfg, lr=5e-3, run_name=d.name), resume=True, progress=False, verbose=False)
+    _one_line(e, 'other settings', 'lr')                                             # ... and forced into this one, it is refused
     capsys.readouterr(); run_method(cfg, resume=True, progress=False, verbose=False)
     assert 'resuming' in capsys.readouterr().out and _rows(d) == full               # no duplicated rows
     shutil.rmtree(d/'ckpt'); (d/'metrics.json').unlink()
