@@ -260,9 +260,11 @@ def _pairs(lb, a, b, on=('K', 'size')):
     return A.merge(B, on=list(on), suffixes=('', '_b'))
 
 # %% ../nbs/80_report.ipynb #f1a0000a
+_HASH = re.compile(r'-h[0-9a-f]{8}(?=-|$)')   # the settings hash of a run name (`runs.settings_hash`): unique, not readable
+
 def _label(d:dict)->str:
-    "An entry's name for tables and figures: variant, K (the matched K of a single student) and member size."
-    return f"{d.get('variant', d['method'])} K={d.get('cfg_K', d['K']) if d['method'] in ('single_matched', 'single_large') else d['K']} {d.get('size', '')}"
+    "An entry's name for tables and figures: variant (without its settings hash), K (the matched K of a single student) and member size."
+    return f"{_HASH.sub('', str(d.get('variant', d['method'])))} K={d.get('cfg_K', d['K']) if d['method'] in ('single_matched', 'single_large') else d['K']} {d.get('size', '')}"
 
 def _entries(lb:pd.DataFrame)->list:
     "A unique name per leaderboard row: its `_label`, plus the keys (tokens per member, teacher, ...) that tell apart rows sharing it."
@@ -270,7 +272,8 @@ def _entries(lb:pd.DataFrame)->list:
     for n in {n for n in names if names.count(n) > 1}:
         g = [i for i, m in enumerate(names) if m == n]
         ks = [k for k in _keys(lb) if len({str(rs[i][k]) for i in g}) > 1]
-        for i in g: names[i] = n + ''.join(f' {k}={rs[i][k]}' for k in ks)
+        ks = [k for k in ks if k != 'variant' and not (k.startswith('cfg_') and k[4:] in ks)]   # the label has the variant; a configured value beside its trained twin says nothing more
+        for i in g: names[i] = n + (''.join(f' {k}={rs[i][k]}' for k in ks) if ks else f" ({rs[i].get('variant', rs[i]['method'])})")  # else the hash tells them apart
     return names
 
 def _run_items(path)->dict:
