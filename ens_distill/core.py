@@ -12,10 +12,10 @@ import torch
 import yaml
 
 # %% auto #0
-__all__ = ['DOMAINS', 'COMBINE_RULES', 'CHOICES', 'RANGES', 'PRESETS', 'EnsDistillError', 'ConfigError', 'default_data_dir',
-           'default_cache_dir', 'RunConfig', 'validate', 'get_config', 'from_params', 'from_yaml', 'to_yaml',
-           'check_params', 'seed_everything', 'release_memory', 'resolve_device', 'cpu_has_bf16', 'autocast_dtype',
-           'fingerprint']
+__all__ = ['DOMAINS', 'COMBINE_RULES', 'CHOICES', 'RANGES', 'PRESETS', 'EnsDistillError', 'ConfigError', 'one_line_errors',
+           'default_data_dir', 'default_cache_dir', 'RunConfig', 'validate', 'get_config', 'from_params', 'from_yaml',
+           'to_yaml', 'check_params', 'seed_everything', 'release_memory', 'resolve_device', 'cpu_has_bf16',
+           'autocast_dtype', 'fingerprint']
 
 # %% ../nbs/00_core.ipynb #afbb8354
 class EnsDistillError(RuntimeError):
@@ -23,6 +23,13 @@ class EnsDistillError(RuntimeError):
 
 class ConfigError(EnsDistillError, ValueError):
     "A bad configuration key or value."
+
+def one_line_errors():
+    "In a command-line entry point: an uncaught `EnsDistillError` prints as one line `error: ...` (exit status 1); other errors keep their traceback."
+    import sys
+    prev = sys.excepthook
+    def hook(t, e, tb): print(f'error: {e}', file=sys.stderr) if issubclass(t, EnsDistillError) else prev(t, e, tb)
+    sys.excepthook = hook
 
 # %% ../nbs/00_core.ipynb #bf3a6088
 def default_data_dir()->str:

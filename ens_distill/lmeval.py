@@ -609,6 +609,7 @@ def _cpu_unless_gpu(argv:list)->list:
 
 def main(argv:list=None):
     "Console entry `ens-distill-eval`: lm-eval's CLI with the `ens_distill` model and the local `ed_*` tasks."
+    one_line_errors()
     from lm_eval._cli import HarnessCLI
     from lm_eval.utils import setup_logging
     argv = _cpu_unless_gpu(list(sys.argv[1:] if argv is None else argv))

@@ -210,6 +210,7 @@ def parallel_cli(preset:str='demo', # config preset: smoke, demo or study
                  overwrite:store_true=False, # redo a finished run
                  quiet:store_true=False): # no progress bars or phase timings
     "Train and evaluate one run with its members spread over the processes of torchrun / accelerate launch."
+    one_line_errors()
     over = {k: v for k, v in dict(method=method, K=K, size=size, seed=seed, tokens_per_member=tokens_per_member,
             out_dir=out_dir, cache_dir=cache_dir, data_dir=data_dir, teacher=teacher, device=device, dtype=dtype,
             run_name=run_name).items() if v is not None}

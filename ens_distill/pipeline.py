@@ -76,6 +76,7 @@ def prepare(preset:str='demo', # config preset: smoke, demo or study
             cache_dtype:str=None, # 'u8' or 'fp16' (overrides the config)
            ):
     "Prepare a run's data and teacher top-k caches; print phase timings, bytes/token and cluster purity."
+    one_line_errors()
     over = {k: v for k, v in dict(teacher=teacher, data_dir=data_dir, cache_dir=cache_dir, device=device,
                                   topk=topk, cache_dtype=cache_dtype).items() if v is not None}
     cfg = from_yaml(config) if config else get_config(preset)

@@ -867,6 +867,7 @@ def publish_cli(runs_dir:str='reports/study', # executed run notebooks and run f
                 no_execute:bool=False, # render the already executed report instead of running it again
                 n_boot:int=200): # bootstrap refits for the scaling fits
     "Execute nbs/report.ipynb and publish it with every executed run notebook as HTML under site_dir."
+    one_line_errors()
     print(publish(runs_dir, site_dir, not no_execute, sweeps_dir, latency, bench, n_boot=n_boot))
 
 # %% ../nbs/80_report.ipynb #a95e0021

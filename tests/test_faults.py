@@ -372,3 +372,14 @@ def test_a_sweep_gets_one_folder_per_setting_and_committed_names_still_parse(tmp
     for lr in (1e-2, 1e-3): fake_run(tmp_path, lr=lr)                                # the report keeps an lr sweep apart
     df = collect_runs(tmp_path)
     assert len(df) == 2 and df.variant.nunique() == 2 and len(leaderboard(df)) == 2
+
+
+def test_console_scripts_print_one_line_errors(tmp_path):
+    "A bad input to a command-line entry point prints one line `error: ...`, no traceback (#18 item 6)."
+    import subprocess, sys
+    exe = Path(sys.executable).parent/'ens-distill-prepare'
+    if not exe.exists(): pytest.skip('console scripts not installed in this environment')
+    r = subprocess.run([str(exe), '--preset', 'nosuch'], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, 'HF_HUB_OFFLINE': '1'})
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith('error: ') and 'nosuch' in lines[0], r.stderr[-800:]
