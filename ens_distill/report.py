@@ -877,11 +877,11 @@ def _chromium()->str|None:
 
 async def _cdp(browser:str, jobs:list, width:int, height:int, timeout:float)->list:
     "Run (url, js, png, clip_js) jobs in one headless Chromium: load url, return js's value; save a screenshot to png (clipped to clip_js's rect)."
-    import aiohttp, asyncio, subprocess, tempfile
-    with tempfile.TemporaryDirectory() as prof:
+    import aiohttp, asyncio, signal, subprocess, tempfile
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as prof:   # (a helper process may still write there as it exits)
         proc = subprocess.Popen([browser, '--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--hide-scrollbars',
                                  f'--window-size={width},{height}', f'--user-data-dir={prof}', '--remote-debugging-port=0', 'about:blank'],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             port = Path(prof)/'DevToolsActivePort'
             for _ in range(int(timeout * 10)):
@@ -892,7 +892,10 @@ async def _cdp(browser:str, jobs:list, width:int, height:int, timeout:float)->li
                 async with s.get(f'http://127.0.0.1:{port.read_text().split()[0]}/json/list') as r: tabs = await r.json()
                 async with s.ws_connect(next(t['webSocketDebuggerUrl'] for t in tabs if t['type'] == 'page'), max_msg_size=0) as ws:
                     return await _cdp_jobs(ws, jobs, width, height, timeout)
-        finally: proc.terminate(); proc.wait()
+        finally:
+            try: os.killpg(proc.pid, signal.SIGTERM)                             # the browser and its helper processes
+            except ProcessLookupError: pass
+            proc.wait()
 
 # %% ../nbs/80_report.ipynb #a95e0022
 async def _cdp_jobs(ws, jobs:list, width:int, height:int, timeout:float)->list:
