@@ -206,9 +206,19 @@ def fkl_ce_grad(logits:Tensor, # student logits [..., V] (any float dtype)
                 alpha:float=1., tau:float=1., ignore_index:int=-100,
                 grad_dtype:torch.dtype|None=None, # dtype of the returned gradient (None: fp32)
                 inplace:bool=False, # tau=1: `logits` (and `work`) may be overwritten and hold the returned gradient
-                work:Tensor|None=None, # tau=1: fp32 scratch of the logits' shape (None: allocated)
+                work:Tensor|None=None, # tau=1: fp32 scratch of the logits' shape (of one slab's with `slab`; None: allocated)
+                slab:int=0, # tau=1, inplace: rows per pass, so that each slab's fp32 work stays in cache (0: all rows at once)
                )->tuple: # (sum of weighted loss, grad [..., V], {'kd','ce'} per-token)
     "Weighted sum of `alpha*tau^2*KL(teacher||student) + (1-alpha)*CE` and its gradient w.r.t. the logits."
+    lead, V = logits.shape[:-1], logits.shape[-1]
+    if slab and inplace and tau == 1 and grad_dtype in (None, logits.dtype) and lead.numel() > slab:  # row slabs, written in place
+        rows = lambda t, *tail: t.expand(*lead, *tail).reshape(-1, *tail)  # leading dims broadcast and flattened
+        Z, y, ids, lp, tl, wt = rows(logits, V), rows(targets), rows(t_ids, t_ids.shape[-1]), rows(t_logp, t_logp.shape[-1]), rows(t_tail), rows(weight)
+        outs = [fkl_ce_grad(Z[s:s+slab], y[s:s+slab], ids[s:s+slab], lp[s:s+slab], tl[s:s+slab], wt[s:s+slab], alpha, tau,
+                            ignore_index, grad_dtype, True, None if work is None else work.view(-1)[:min(slab, len(Z)-s)*V].view(-1, V))
+                for s in range(0, len(Z), slab)]
+        parts = {n: torch.cat([o[2][n] for o in outs]).view(lead) for n in ('kd', 'ce')}
+        return sum(o[0] for o in outs), logits, parts                    # `logits` holds the gradient now
     mask = targets != ignore_index
     w = torch.where(mask, weight.float(), 0.)[..., None]                    # [..., 1]
     y, ids = targets.clamp(min=0).long()[..., None], t_ids.long()

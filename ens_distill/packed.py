@@ -15,9 +15,9 @@ from .core import *
 from .compute import llama_params, non_embedding_params
 
 # %% auto #0
-__all__ = ['STUDENT_SIZES', 'student_config', 'PackedLayer', 'PackedEnsemble', 'head_logits', 'load_members', 'shard_members',
-           'join_members', 'pca_project', 'init_from_teacher', 'scratch', 'chunk_size', 'head_loss', 'head_map',
-           'combine', 'decode', 'member_logp_fn', 'generate']
+__all__ = ['STUDENT_SIZES', 'HEAD_BYTES', 'student_config', 'PackedLayer', 'PackedEnsemble', 'head_logits', 'load_members',
+           'shard_members', 'join_members', 'pca_project', 'init_from_teacher', 'scratch', 'chunk_size', 'head_loss',
+           'head_map', 'combine', 'decode', 'member_logp_fn', 'generate']
 
 # %% ../nbs/30_packed.ipynb #aed0c44b
 STUDENT_SIZES = dict(  # name: LlamaConfig fields of one member (layers, width, heads, kv heads, FFN width)
@@ -338,7 +338,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         dt, dev, (K, N, _), V = _head_dtype(h), h.device, h.shape, W.shape[1]
         hc, Wc, need_gW = h.detach().to(dt), W.detach().to(dt), W.requires_grad
         gh = torch.empty_like(h, dtype=torch.float32)
-        gW = torch.zeros_like(W, dtype=torch.float32) if need_gW else None
+        gW = None                                                             # fp32 [K,V,d] (or [1,V,d]), from the first chunk on
         total = torch.zeros((), dtype=torch.float32, device=dev)
         with torch.autocast(dev.type, enabled=False):
             for s in range(0, N, chunk):
@@ -352,12 +352,12 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                         g, = torch.autograd.grad(loss, lf)
                 g = g.to(dt)                                                  # [K,n,V]
                 gh[:, sl] = torch.matmul(g, Wc[0]) if Wc.shape[0] == 1 else torch.bmm(g, Wc)  # [K,n,d]
-                if not need_gW: pass                                          # frozen head: no weight gradient
-                elif Wc.shape[0] == 1: gW[0].addmm_(g.flatten(0, 1).T.float(), hc[:, sl].flatten(0, 1).float())  # [V,d]
-                elif dt == gW.dtype: gW.baddbmm_(g.transpose(1, 2), hc[:, sl])  # [K,V,d], accumulated in place
-                else:  # low-precision product into a kept buffer, then an fp32 add (a mixed-dtype add_ is ~5x slower)
-                    part = torch.bmm(g.transpose(1, 2), hc[:, sl], out=scratch('head_gW', W.shape, dt, dev))
-                    gW.add_(scratch('head_gW32', W.shape, torch.float32, dev).copy_(part))
+                if need_gW:                                                   # (a frozen head has no weight gradient)
+                    if Wc.shape[0] == 1: part = torch.matmul(g.flatten(0, 1).T, hc[:, sl].flatten(0, 1))[None]  # [1,V,d]: K x n tokens
+                    else: part = torch.bmm(g.transpose(1, 2), hc[:, sl], out=scratch('head_gW', W.shape, dt, dev))  # [K,V,d]
+                    if gW is None: gW = part.float() if part.dtype != torch.float32 else part.clone()  # one chunk: no zero fill, no add
+                    elif part.dtype == gW.dtype: gW.add_(part)
+                    else: gW.add_(scratch('head_gW32', W.shape, torch.float32, dev).copy_(part))  # a mixed-dtype add_ is ~5x slower
                 total += loss.detach().float()
         ctx.grads = gh.to(h.dtype), None if gW is None else gW.to(W.dtype)  # not saved tensors: scaled in place, used once
         return total
@@ -366,6 +366,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     def backward(ctx, grad):
         if ctx.grads is None: raise EnsDistillError("head_loss gradients were already used; call backward once per head_loss")
         (gh, gW), ctx.grads = ctx.grads, None
+        if grad.numel() == 1 and float(grad) == 1.: return gh, gW, None, None  # loss.backward(): no pass over [K,V,d] to scale
         return gh.mul_(grad), None if gW is None else gW.mul_(grad), None, None
 
 # %% ../nbs/30_packed.ipynb #4117c837
@@ -379,17 +380,20 @@ def chunk_size(K:int, # models whose logits a chunk holds (members, or members p
     if fixed: return int(fixed)
     return max(lo, min(cap or 1 << 62, budget // (K * V)))
 
+HEAD_BYTES = 2**30  # training keeps ~1 GiB of logits per chunk: most steps are one chunk, so the fp32 weight gradient is written once
+
 def head_loss(h:Tensor, # hidden states [K,B,T,d] or [K,N,d]
               W:Tensor, # head weight [K,V,d]
               loss_fn, # (logits [K,n,V] (fp32; head dtype if returns_grad), sl: slice of flattened tokens) -> scalar sum over the chunk
-              chunk_tokens:int=None)->Tensor: # tokens per chunk (None: about 2**26 logits per chunk)
+              chunk_tokens:int=None)->Tensor: # tokens per chunk (None: ~HEAD_BYTES of logits with gradients, else ~2**26 logits)
     "Sum of `loss_fn` over token chunks without materialising all logits; gradients computed chunk by chunk."
     W = _one_head(W)
     K, (_, V, d) = h.shape[0], W.shape
     h = h.reshape(K, -1, d)                                                # [K,N,d]
-    n = chunk_size(K, V, chunk_tokens)
-    if torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):
+    if torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):  # training: chunks of about HEAD_BYTES of logits
+        n = chunk_size(K, V, chunk_tokens, budget=HEAD_BYTES // _head_dtype(h).itemsize, lo=16)
         return _ChunkedHeadLoss.apply(h, W, loss_fn, n)
+    n = chunk_size(K, V, chunk_tokens)
     with torch.no_grad():
         dt = _head_dtype(h)
         hc, Wc = h.to(dt), W.to(dt)
