@@ -63,7 +63,7 @@ RANGES = dict(  # name: (low, high) inclusive
     ncl_lambda=(0., 1.), boost_q=(1e-4, 1.), bag_frac=(1e-3, 10.), cluster_in_frac=(0., 1.),
     synthetic_frac=(0., 1.), gen_temperature=(0., 10.), gen_top_p=(1e-3, 1.), gen_seed=(-1, 2**32-1), route_temp=(1e-4, 1e4), route_prefix=(0, 1<<16), calib_blocks=(1, 1<<20), teacher_ft_lr=(0., 1.), lr=(0., 10.), min_lr_frac=(0., 1.), warmup_frac=(0., 1.),
     weight_decay=(0., 10.), grad_clip=(0., 1e6), dev_frac=(0., .5), test_frac=(0., .5),
-    tokens_per_member=(1, 1<<50), max_tokens_per_domain=(0, 1<<50), eval_tokens_per_domain=(0, 1<<50),
+    tokens_per_member=(1, 1<<50), max_tokens_per_domain=(0, 1<<50), eval_tokens_per_domain=(0, 1<<50), eval_min_docs=(1, 1<<20),
     eval_limit=(0, 1<<30), dev_curve_blocks=(1, 1<<30), ckpt_every=(0, 1<<40), log_every=(1, 1<<40), seed=(0, 2**32-1),
 )
 
@@ -78,6 +78,7 @@ class RunConfig:
     holdout_domains:list = field(default_factory=list) # domains kept out of training (OOD evaluation)
     max_tokens_per_domain:int = 20_000 # cap on training tokens per domain (0: all)
     eval_tokens_per_domain:int = 4_000 # cap on dev and test tokens per domain (0: all)
+    eval_min_docs:int = 8 # dev and test: a document gives at most ceil(eval_tokens_per_domain / eval_min_docs) tokens (>= this many docs per domain)
     block_size:int = 128 # tokens per training block
     dev_frac:float = 0.05 # fraction of documents in the dev split
     test_frac:float = 0.05 # fraction of documents in the test split

@@ -18,9 +18,10 @@ from .runs import atomic_dir, cache_path, file_sha256, locked
 __all__ = ['SOURCE_KEYS', 'HUMANEVAL_LANGS', 'TFIDF_PARAMS', 'DATA_VERSION', 'default_corpus_spec', 'load_corpus_spec',
            'resolve_data_dir', 'file_format', 'read_text', 'read_records', 'split_paragraphs', 'split_wikitext',
            'source_documents', 'split_unit', 'split_of', 'order_key', 'corpus_domains', 'check_data_config',
-           'load_documents', 'tokenizer_fingerprint', 'render', 'take_until', 'pack', 'TfidfRouter', 'balanced_assign',
-           'balanced_kmeans', 'cluster_purity', 'ngram_overlap', 'data_fingerprint', 'Corpus', 'read_data_meta',
-           'verify_data', 'prepare_data', 'bootstrap_indices', 'cluster_mix_indices', 'topq_indices']
+           'load_documents', 'tokenizer_fingerprint', 'render', 'take_until', 'split_caps', 'pack', 'TfidfRouter',
+           'balanced_assign', 'balanced_kmeans', 'cluster_purity', 'ngram_overlap', 'data_fingerprint', 'split_summary',
+           'Corpus', 'read_data_meta', 'verify_data', 'prepare_data', 'bootstrap_indices', 'cluster_mix_indices',
+           'topq_indices']
 
 # %% ../nbs/10_data.ipynb #2a73a46d
 SOURCE_KEYS = {'path', 'hf', 'config', 'split', 'text_field', 'name', 'format', 'docs', 'chars', 'unwrap',
@@ -260,8 +261,9 @@ def take_until(texts:list, # documents in selection order
                tok, # the tokenizer
                cap:int, # tokens wanted, counting one eos per document (0: all)
                fmt=None, # optional `fmt(k)`: the string to tokenize for `texts[k]` (e.g. a chat rendering)
+               doc_cap:int=0, # keep at most this many leading tokens of each document (0: all)
                chunk:int=256)->list:
-    "Token ids of the first documents whose tokens (plus one eos each) reach `cap`."
+    "Token ids of the first documents (each cut to its first `doc_cap`) whose tokens (plus one eos each) reach `cap`."
     out, got, chars, i = [], 0, 0, 0
     while i < len(texts) and (cap <= 0 or got < cap):
         if cap > 0:  # pick about 1.2x the characters still needed (4 chars/token until measured)
@@ -270,8 +272,17 @@ def take_until(texts:list, # documents in selection order
         else: j = min(i + chunk, len(texts))
         for ids in tok([fmt(k) if fmt else texts[k] for k in range(i, j)], add_special_tokens=False)['input_ids']:
             if cap > 0 and got >= cap: break
-            out.append(ids); got += len(ids) + 1; chars += len(texts[i]); i += 1
+            kept = ids[:doc_cap] if doc_cap > 0 else ids   # (chars: the kept share of the text, for the estimate)
+            out.append(kept); got += len(kept) + 1; chars += len(texts[i]) * len(kept) / max(len(ids), 1); i += 1
     return out
+
+# %% ../nbs/10_data.ipynb #7e1d0c02
+def split_caps(cfg:RunConfig, # the caps: max_tokens_per_domain, eval_tokens_per_domain, eval_min_docs
+               split:str)->tuple: # 'train', 'dev' or 'test'
+    "A split's token caps `(per domain, per document)` (0: none)."
+    if split == 'train': return cfg.max_tokens_per_domain, 0
+    cap = cfg.eval_tokens_per_domain
+    return cap, -(-cap // cfg.eval_min_docs) if cap else 0
 
 # %% ../nbs/10_data.ipynb #acfc9f11
 def pack(ids:list, # token ids of each document
@@ -408,7 +419,8 @@ def ngram_overlap(train, # training tokens (any shape; flattened)
     return float(np.isin(te, np.unique(_grams(train, n))).mean()) if len(te) else float('nan')
 
 # %% ../nbs/10_data.ipynb #dfa0e89d
-DATA_VERSION = 2  # 2: c-BTM clusters balanced by tokens; splits by problem (HumanEval-X) and by span (long texts)
+DATA_VERSION = 3  # 2: c-BTM clusters balanced by tokens; splits by problem (HumanEval-X) and by span (long texts)
+                  # 3: dev/test documents capped at ceil(eval_tokens_per_domain / eval_min_docs) tokens; counts in meta.json
 
 def data_fingerprint(cfg:RunConfig, tok, spec:dict|None=None)->str:
     "The fingerprint of the processed data `cfg` and `tok` would produce."
@@ -422,8 +434,18 @@ def data_fingerprint(cfg:RunConfig, tok, spec:dict|None=None)->str:
                 p = dd/s['path'] if 'path' in s else None
                 files.append([s['path'], p.stat().st_size, p.stat().st_mtime_ns] if p and p.is_file() else s.get('path', s.get('hf')))
     return fingerprint(DATA_VERSION, {d: spec[d] for d in doms}, files, tokenizer_fingerprint(tok), doms, list(cfg.holdout_domains),
-                       cfg.max_tokens_per_domain, cfg.eval_tokens_per_domain, cfg.block_size, cfg.dev_frac,
+                       cfg.max_tokens_per_domain, cfg.eval_tokens_per_domain, cfg.eval_min_docs, cfg.block_size, cfg.dev_frac,
                        cfg.test_frac, cfg.n_clusters, cfg.chat_template)
+
+# %% ../nbs/10_data.ipynb #7e1d0c05
+def split_summary(domains:list, # the domain of each block [N]
+                  doc_idx, # the docs-table row of every token [N, T] (an array or a list of rows)
+                 )->dict:
+    "Per domain of one split: its blocks, tokens and documents."
+    domains = np.asarray(domains, dtype=object)
+    r = np.asarray(doc_idx).reshape(len(domains), -1) if len(domains) else np.zeros((0, 0), np.int64)
+    return {d: dict(blocks=int(m.sum()), tokens=int(r[m].size), docs=len(np.unique(r[m])))
+            for d in dict.fromkeys(domains.tolist()) for m in [domains == d]}
 
 # %% ../nbs/10_data.ipynb #89e2be73
 class Corpus:
@@ -461,6 +483,12 @@ def overlap(self:Corpus, n:int=13, split:str='test')->dict:
     dtr, dte = np.array(self.block_domains('train')), np.array(self.block_domains(split))
     return {d: ngram_overlap(tr[dtr == d] if (dtr == d).any() else tr, te[dte == d], n) for d in dict.fromkeys(dte.tolist())}
 
+# %% ../nbs/10_data.ipynb #7e1d0c07
+@patch
+def summary(self:Corpus)->dict:
+    "Per split and domain: blocks, tokens and documents (`split_summary`, as `meta.json` records them)."
+    return self.meta.get('splits') or {s: split_summary(self.block_domains(s), self.doc_idx(s).numpy()) for s in self.blocks}
+
 # %% ../nbs/10_data.ipynb #c40057ae
 def _select(cfg:RunConfig, cols:dict, tok, doms:list)->list:
     "Selected documents as (split, domain, [doc indices into cols], [token ids])."
@@ -468,12 +496,12 @@ def _select(cfg:RunConfig, cols:dict, tok, doms:list)->list:
     for i, (d, s) in enumerate(zip(cols['domain'], cols['split'])): groups.setdefault((s, d), []).append(i)
     out = []
     for split in ('train', 'dev', 'test'):
-        cap = cfg.max_tokens_per_domain if split == 'train' else cfg.eval_tokens_per_domain
+        cap, doc_cap = split_caps(cfg, split)
         for d in doms:
             if split != 'test' and d in cfg.holdout_domains: continue  # held out: test-only, never fitted on
             idx = sorted(groups.get((split, d), []), key=lambda i: order_key(cols['doc_id'][i]))
             fmt = lambda k: render(cols['text'][idx[k]], cols['prompt'][idx[k]], cols['response'][idx[k]], tok, cfg.chat_template)
-            ids = take_until([cols['text'][i] for i in idx], tok, cap, fmt)
+            ids = take_until([cols['text'][i] for i in idx], tok, cap, fmt, doc_cap)
             out.append((split, d, idx[:len(ids)], ids))
     return out
 
@@ -522,8 +550,7 @@ def _build(cfg:RunConfig, tok, spec:dict, out:Path, fp:str):
         for i, x in zip(idx, ids):
             row = (cols['doc_id'][i], d, split, cols['source'][i], clu[i], len(x), cols['text'][i])
             for k, v in zip(docs, row): docs[k].append(v)
-        cap = cfg.max_tokens_per_domain if split == 'train' else cfg.eval_tokens_per_domain
-        b, r = pack(ids, rows, tok.eos_token_id, cfg.block_size, cap)
+        b, r = pack(ids, rows, tok.eos_token_id, cfg.block_size, split_caps(cfg, split)[0])
         dclu = np.asarray(docs['cluster'])[r] if len(b) else np.zeros((0, cfg.block_size), int)  # [N,T] cluster per token
         blocks[split]['input_ids'] += list(b)
         blocks[split]['doc_idx'] += list(r)
@@ -534,7 +561,7 @@ def _build(cfg:RunConfig, tok, spec:dict, out:Path, fp:str):
         need = [d for d in doms if split == 'test' or d not in cfg.holdout_domains]
         empty = [d for d in need if d not in set(blocks[split]['domain'])]
         if empty: raise EnsDistillError(f"domain(s) {empty} have no {split} block of {cfg.block_size} tokens; give them more text, raise "
-                                        f"{'max_tokens_per_domain' if split == 'train' else 'eval_tokens_per_domain'}, lower block_size, or drop them from 'domains'")
+                                        f"{'max_tokens_per_domain' if split == 'train' else 'eval_tokens_per_domain or lower eval_min_docs'}, lower block_size, or drop them from 'domains'")
     _save(cfg, out, fp, doms, docs, blocks, router, time.time() - t0)
 
 # %% ../nbs/10_data.ipynb #567aa84e
@@ -552,7 +579,8 @@ def _save(cfg, out, fp, doms, docs, blocks, router, build_s):
         router.save(tmp/'router')
         files = {str(f.relative_to(tmp)): file_sha256(f) for f in sorted(tmp.rglob('*')) if f.is_file()}
         meta = dict(fingerprint=fp, domains=doms, holdout_domains=list(cfg.holdout_domains), block_size=cfg.block_size,
-                    n_clusters=cfg.n_clusters, build_s=round(build_s, 2), files=files)
+                    n_clusters=cfg.n_clusters, build_s=round(build_s, 2),
+                    splits={s: split_summary(b['domain'], b['doc_idx']) for s, b in blocks.items()}, files=files)
         (tmp/'meta.json').write_text(json.dumps(meta, indent=1))
 
 # %% ../nbs/10_data.ipynb #e18c0002

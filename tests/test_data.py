@@ -1,12 +1,13 @@
 "Tests of ens_distill.data: readers, splits, caps, packing, clustering, cache and errors."
-import bz2, gzip, json, os, time
+import bz2, collections, gzip, json, os, time
+from dataclasses import replace
 from pathlib import Path
 import numpy as np
 import pytest
 import torch
 import datasets
 import ens_distill.data as data
-from ens_distill.core import EnsDistillError, get_config
+from ens_distill.core import EnsDistillError, get_config, validate
 from ens_distill.data import *
 from ens_distill.teacher import tiny_tokenizer
 
@@ -152,6 +153,56 @@ def test_holdout_and_chat(tmp_path, tok):
     assert 'numbers' in c.block_domains('dev') + c.block_domains('test')
     ev = [b for s in ('dev', 'test') for b, d in zip(c.tokens(s), c.block_domains(s)) if d == 'numbers']
     assert '<|im_start|>user' in ''.join(tok.decode(b) for b in ev)
+
+def _long_cfgs(d:Path, *mins:int)->list:
+    "Configs (one per eval_min_docs in `mins`) of `_cfg`'s corpus plus a domain of long documents (150 articles of about 300 tokens)."
+    cfg = _cfg(d, domains=['animals', 'numbers', 'long'], eval_tokens_per_domain=320)
+    rng = np.random.default_rng(1)
+    with open(Path(cfg.data_dir)/'long.jsonl', 'w') as f:
+        for i in range(150): f.write(json.dumps(dict(text=f'article {i}. ' + ' '.join(rng.choice(WORDS['animals'], 80)))) + '\n')
+    Path(cfg.corpus).write_text(Path(cfg.corpus).read_text() + "long:\n  - path: long.jsonl\n")
+    return [validate(replace(cfg, eval_min_docs=m)) for m in mins]
+
+def test_eval_min_docs(tmp_path, tok):
+    "Dev and test span >= eval_min_docs documents where there are that many (each gives its leading tokens); training is unchanged."
+    cfg8, cfg1 = _long_cfgs(tmp_path, 8, 1)
+    c8, c1 = prepare_data(cfg8, tok), prepare_data(cfg1, tok)
+    assert not c1.cached and c8.fingerprint != c1.fingerprint == data_fingerprint(cfg1, tok)   # never the other's cache
+    # training: the same documents, blocks and clusters
+    tr = lambda c: [i for i, s in zip(c.docs['doc_id'], c.docs['split']) if s == 'train']
+    assert tr(c8) == tr(c1) and len(tr(c8)) > 0
+    for f in ('tokens', 'doc_idx', 'block_clusters'): assert torch.equal(getattr(c8, f)('train'), getattr(c1, f)('train')), f
+    avail = load_documents(cfg8).to_pandas().groupby(['split', 'domain']).size()
+    docs, eos = c8.docs.to_pandas(), tok.eos_token_id
+    for s in ('dev', 'test'):
+        sm8, sm1 = c8.summary()[s], c1.summary()[s]
+        assert avail[s, 'long'] >= 8 and sm8['long']['docs'] >= 8 > sm1['long']['docs'], (sm8, sm1)   # long articles: 8+ instead of 1-2
+        assert sm8['long']['tokens'] == sm1['long']['tokens'] == cfg8.eval_tokens_per_domain          # the same token budget
+        for d, v in sm8.items(): assert v['docs'] >= min(cfg8.eval_min_docs, avail[s, d]), (s, d, v)
+        x, r = c8.tokens(s).flatten(), c8.doc_idx(s).flatten()
+        rows = sorted(set(r.tolist()))
+        for row in rows:  # each document: its first ceil(320 / 8) = 40 tokens and its eos (the domain's last one may be cut)
+            t, d = x[r == row].tolist(), docs.iloc[row]
+            full = tok(d.text, add_special_tokens=False)['input_ids']
+            assert d.split == s and t == (full[:40] + [eos])[:len(t)] and d.n_tokens == len(full[:40])
+            last = row == max(q for q in rows if docs.domain.iloc[q] == d.domain)
+            assert last or len(t) == d.n_tokens + 1
+    # eval_min_docs=1: whole documents, only each domain's last one cut by the cap (the behaviour before the field)
+    docs1 = c1.docs.to_pandas()
+    for s in ('dev', 'test'):
+        x, r = c1.tokens(s).flatten(), c1.doc_idx(s).flatten()
+        rows = sorted(set(r.tolist()))
+        for row in rows:
+            t, d = x[r == row].tolist(), docs1.iloc[row]
+            if row != max(q for q in rows if docs1.domain.iloc[q] == d.domain):
+                assert t == tok(d.text, add_special_tokens=False)['input_ids'] + [eos]
+    # meta.json records the counts of every split
+    for c in (c8, c1):
+        meta = json.loads((c.path/'meta.json').read_text())
+        assert meta['splits'] == c.summary() and set(meta['splits']) == {'train', 'dev', 'test'}
+        for s, sm in meta['splits'].items():
+            assert {d: v['blocks'] for d, v in sm.items()} == dict(collections.Counter(c.block_domains(s)))
+            assert sum(v['tokens'] for v in sm.values()) == c.tokens(s).numel()
 
 # ---- clustering
 def test_balanced_assign():
