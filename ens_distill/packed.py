@@ -184,13 +184,23 @@ def hidden(self:PackedEnsemble, input_ids:Tensor, # token ids [B,T] (shared) or 
     freqs = torch.arange(P, P + T, device=x.device).float()[:, None] * self.inv_freq.float()
     emb = torch.cat((freqs, freqs), -1)                                   # [T,hd]
     cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-    for i, layer in enumerate(self.layers): x = layer(x, cos, sin, None if cache is None else cache[i])
+    layers = self.__dict__.get('_compiled') if cache is None and torch.is_grad_enabled() else None  # see `compile_layers`
+    for i, layer in enumerate(layers or self.layers): x = layer(x, cos, sin, None if cache is None else cache[i])
     return _rms_norm(x.view(K, B*T, d), self.norm, self.config.rms_norm_eps).view(K, B, T, d)
 
 @patch
 def forward(self:PackedEnsemble, input_ids:Tensor)->Tensor:
     "Per-member logits [K,B,T,V] (materialises all of them: use `head_loss` for training)."
     return head_logits(self.hidden(input_ids), self.embed)
+
+# %% ../nbs/30_packed.ipynb #c0e1a2b4
+@patch
+def compile_layers(self:PackedEnsemble, on:bool=True, # False: back to the eager layers
+                   **kw)->PackedEnsemble: # passed to `torch.compile`
+    "Run training forwards (grad on, no KV cache) through `torch.compile`d layers; evaluation and decoding stay eager."
+    if on: torch._dynamo.config.suppress_errors = True                   # no compiler (e.g. no C++ toolchain): eager, with a warning
+    self.__dict__['_compiled'] = [torch.compile(l, **kw) for l in self.layers] if on else None  # shares the layers' parameters
+    return self
 
 # %% ../nbs/30_packed.ipynb #c4e3a1b5
 _SHAPE_KEYS = ['vocab_size', 'hidden_size', 'num_hidden_layers', 'num_attention_heads', 'num_key_value_heads',
@@ -415,18 +425,23 @@ def head_map(h:Tensor, # hidden states [K,B,T,d] or [K,N,d]
              W:Tensor, # head weight [K,V,d]
              fn, # (logp [K,n,V] fp32 log-probs, sl) -> tensor with the chunk's tokens on axis `dim`
              chunk_tokens:int=None, # tokens per chunk (None: automatic)
-             dim:int=1)->Tensor: # the token axis of fn's outputs
+             dim:int=1, # the token axis of fn's outputs
+             slab:int=0)->Tensor: # tokens per call of fn within a chunk, so its fp32 work stays in cache (0: the whole chunk)
     "Concatenation of `fn(log_softmax(logits_chunk), sl)` over token chunks (no grad)."
     W = _one_head(W)
     K, (_, V, d) = h.shape[0], W.shape
     h = h.reshape(K, -1, d)
     n, N = chunk_size(K, V, chunk_tokens), h.shape[1]
+    out = []
     with torch.no_grad():
         dt = _head_dtype(h)
         hc, Wc = h.to(dt), W.to(dt)
         with torch.autocast(h.device.type, enabled=False):
-            return torch.cat([fn(head_logits(hc[:, s:s+n], Wc).float().log_softmax(-1), slice(s, min(s+n, N)))
-                              for s in range(0, N, n)], dim)
+            for s in range(0, N, n):
+                z = head_logits(hc[:, s:s+n], Wc)                          # [K,n,V] in the head dtype: one big GEMM
+                m = slab or z.shape[1]
+                out += [fn(z[:, a:a+m].float().log_softmax(-1), slice(s + a, s + min(a + m, z.shape[1]))) for a in range(0, z.shape[1], m)]
+    return torch.cat(out, dim)
 
 @patch
 def logprobs_at(self:PackedEnsemble, h:Tensor, # hidden states [K,B,T,d]

@@ -129,7 +129,7 @@ def cache_path(cache_dir, # `cfg.cache_dir` (None: `default_cache_dir()`; `~` is
 
 # %% ../nbs/05_runs.ipynb #d0a1b2ce
 NOT_IN_NAME = {'out_dir', 'run_name', 'cache_dir', 'data_dir', 'seeds', 'eval_batch_size', 'log_every', 'ckpt_every', 'device',
-               'dev_curve', 'dev_curve_blocks', 'eval_tasks', 'eval_limit', 'preset'}  # settings that leave a run's result as it is
+               'dev_curve', 'dev_curve_blocks', 'eval_tasks', 'eval_limit', 'preset', 'compile'}  # settings that leave a run's result as it is (compile: last digits)
 _SPELLED = {'method', 'K', 'size', 'seed', 'routing', 'boost_mode', 'boost_q', 'ncl_lambda', 'objective', 'alpha', 'tau'}
 
 def settings_hash(cfg:RunConfig)->str:

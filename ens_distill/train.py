@@ -226,6 +226,7 @@ def train(ens, # a `PackedEnsemble` (K members)
          )->dict:
     "Train all members of `ens` on `plan` to the token budget; return a summary with compute accounting."
     device = resolve_device(cfg.device); ens.to(device); ac = autocast_dtype(cfg.dtype, device)
+    if cfg.compile: ens.compile_layers()                                      # training forwards only; undone at the end
     K, T = len(plan.pools), tokens.shape[1]
     steps, start, t0 = n_steps(cfg, T), 0, time.time()
     streams = MemberStreams(plan.pools, cfg.batch_size, cfg.seed, plan.shared, plan.member_ids)
@@ -273,6 +274,7 @@ def train(ens, # a `PackedEnsemble` (K members)
         if ckpt is not None and due and done < steps:
             save_checkpoint(ckpt, ens, opt, sched, streams, done, dict(settings=fp)); last_ckpt = time.time()
     if ckpt is not None: save_checkpoint(ckpt, ens, opt, sched, streams, steps, dict(settings=fp))
+    if cfg.compile: ens.compile_layers(False)
     n_par, fr = ens.params_per_member, ens.frozen_per_member  # a frozen head too: it costs compute in every step
     return dict(steps=steps, K=K, tokens_per_member=steps * tok_step, params_per_member=n_par, frozen_per_member=fr,
                 nonemb_params_per_member=ens.nonemb_params_per_member, train_flops=train_flops(n_par, steps * tok_step, K, fr),

@@ -83,7 +83,7 @@ def test_ece_equal_width_and_equal_mass_by_hand():
 
 def test_brier_and_stats_brute_force(setup):
     teacher, tok, ens, toks, doms = setup
-    ts = token_stats(ens, toks, chunk=7)
+    ts = token_stats(ens, toks, chunk=7, div_every=1)
     lp = brute(ens.to_members(), toks).log_softmax(-1).reshape(ens.K, -1, len(tok))   # [K,M,V]
     y = toks[:, 1:].reshape(-1)
     ref = (lp.exp() - F.one_hot(y, len(tok)).float()).pow(2).sum(-1)
