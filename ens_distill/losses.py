@@ -219,6 +219,7 @@ def fkl_ce_grad(logits:Tensor, # student logits [..., V] (any float dtype)
                 for s in range(0, len(Z), slab)]
         parts = {n: torch.cat([o[2][n] for o in outs]).view(lead) for n in ('kd', 'ce')}
         return sum(o[0] for o in outs), logits, parts                    # `logits` holds the gradient now
+    if work is not None and work.shape != logits.shape: work = work.reshape(-1)[:logits.numel()].view(logits.shape)  # a slab-sized buffer
     mask = targets != ignore_index
     w = torch.where(mask, weight.float(), 0.)[..., None]                    # [..., 1]
     y, ids = targets.clamp(min=0).long()[..., None], t_ids.long()
