@@ -5,12 +5,18 @@ through (a) a bare forward with the same autocast dtype and the same batches and
 (forward + fp32 top-k + tail + encode + sha256 + shard write + reopen), and prints bytes/token of the
 'u8' and 'fp16' formats and the overhead ratio cache_time / forward_time (goal <= 1.10).
 Timings are the minimum over interleaved repeats; a third estimate times the forward and the top-k step
-batch by batch in one loop (steadier when other processes share the CPU). Usage: python benchmarks/teacher_cache.py [--blocks 8 ...]
+batch by batch in one loop (steadier when other processes share the CPU). It also prints the cache pass's FLOP rate
+(`compute.step_flops` / 3: the teacher forward, head and attention included) as a share of the best bf16 GEMM rate
+of the teacher's own matmul shapes, measured in the same run (goal >= 60%).
+Usage: python benchmarks/teacher_cache.py [--blocks 8 ...]
 """
 import os
 for v in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE', 'TRANSFORMERS_OFFLINE'): os.environ.setdefault(v, '1')
-import argparse, tempfile, time
+import argparse, sys, tempfile, time
 import torch
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from packed_vs_loop import gemm_shapes, gemm_rates  # the GEMM-shape peak, measured the same way for students and teacher
+from ens_distill.compute import step_flops
 from ens_distill.core import autocast_dtype, default_data_dir
 from ens_distill.teacher import TopKCache, load_teacher, teacher_vocab, topk_logprobs, _encode_shard
 
@@ -77,5 +83,14 @@ def main():
     print(f"[split, cpu] forward {f:.2f} s + top-k/tail/encode {p:.2f} s in the same loop: overhead ratio {(f + p)/f:.3f} "
           "(steadier under load; excludes the shard write and checksum, ~ms)")
     print(f"bytes/token at k={a.k}: u8 {bpt['u8']:.1f}, fp16 {bpt['fp16']:.1f}")
+    if amp is not None and dev.type == 'cpu':
+        shapes = gemm_shapes(model.config, a.batch_size * a.block_size)
+        shapes = {n: s for n, s in shapes.items() if n not in ('head_dh', 'head_dW')}  # a forward has no gradient matmuls
+        rates = gemm_rates(shapes); peak = max(rates.values())
+        fl = step_flops(model.config, 1, n_tok, a.block_size) / 3             # forward FLOPs of the blocks (head, attention)
+        c = min(x[0] for x in cache); f = min(x[0] for x in fwd)
+        print(f"teacher bf16 GEMM rates (GFLOP/s): " + ', '.join(f"{n} {r:.0f}" for n, r in rates.items()) + f"; peak {peak:.0f}")
+        print(f"cache pass {fl / c / 1e9:.0f} GFLOP/s = {100 * fl / c / 1e9 / peak:.0f}% of peak (goal >= 60%); "
+              f"bare forward {fl / f / 1e9:.0f} GFLOP/s = {100 * fl / f / 1e9 / peak:.0f}%")
 
 if __name__ == '__main__': main()

@@ -220,7 +220,7 @@ PRESETS = dict(
     study1=dict(tokens_per_member=40_000, holdout_domains=['dialog'], seeds=[0, 1, 2], eval_limit=40, out_dir='reports/study'),
     study=dict(size='p8f672g2', large_size='p20f1280g2', prune_layers='importance', block_size=256, max_tokens_per_domain=250_000, eval_tokens_per_domain=25_000, dev_frac=0.1,
                test_frac=0.1, holdout_domains=['dialog'], tokens_per_member=1_000_000, batch_size=8, eval_batch_size=16,
-               lr=1e-3, seeds=[0, 1, 2], eval_limit=500, ckpt_every=100, out_dir='reports/study2'),
+               lr=1e-3, seeds=[0, 1, 2], eval_limit=500, ckpt_every=100, compile=True, out_dir='reports/study2'),
     large=dict(size='s', block_size=256, max_tokens_per_domain=150_000, eval_tokens_per_domain=20_000,
                tokens_per_member=1_000_000, batch_size=8, eval_limit=200, seeds=[0, 1, 2], ckpt_every=200),
 )

@@ -2,13 +2,17 @@
 
 usage: python scripts/study2.py [STAGE ...] [--seeds 0 1 2] [--tokens N]
 
-stages (default: refs pair controls):
+stages (default: refs pair controls; then methods, objectives):
 - refs: the reference points on the same test split: the frozen teacher and the unigram and bigram floors (seed 0:
         nothing in them depends on the seed);
 - pair: the brief's headline pair at K=4 of the preset's member size (`p8f672g2`): `independent` (4 members) against
         `single_large` (one `p20f1280g2`, 4x their non-embedding parameters, given the tokens that spend the
         ensemble's training FLOPs, head included);
-- controls: `single_matched` (one member-sized student with 4x the tokens) and `single` (one with the members' tokens).
+- controls: `single_matched` (one member-sized student with 4x the tokens) and `single` (one with the members' tokens);
+- methods: every other ensemble method at K=4 (bagging; c-BTM with uniform, tf-idf and learned routing; boosting top-q
+        10% and 25% and weighted; NCL at lambda 0, 0.5 and 1; synthetic teacher data; `offset` layer subsets as the
+        source of diversity), `raw` and the teacher finetuned with the ensemble's budget (`teacher_ft`);
+- objectives: reverse KL, JSD and skew KL for `independent` and `single` (forward KL is the pair's objective).
 
 Every run is one papermill execution of `nbs/run_method.ipynb` for one seed, written to `<out>/<run>.ipynb`
 next to the run directory `<out>/<run>/` (the report renders each as a page). A finished run (metrics.json) is skipped; a killed one resumes from its
@@ -24,7 +28,13 @@ from ens_distill.runs import is_finished, run_name, run_path
 REFS = [('teacher', dict(K=1)), ('bigram', dict(K=1)), ('unigram', dict(K=1))]
 PAIR = [('independent', {}), ('single_large', {})]
 CONTROLS = [('single_matched', {}), ('single', {})]
-STAGES = dict(refs=REFS, pair=PAIR, controls=CONTROLS)
+METHODS = [('bagging', {}), ('cbtm', dict(routing='uniform')), ('cbtm', dict(routing='tfidf')), ('cbtm', dict(routing='learned')),
+           ('boosting', dict(boost_mode='topq', boost_q=0.1)), ('boosting', dict(boost_mode='topq', boost_q=0.25)),
+           ('boosting', dict(boost_mode='weighted')), ('ncl', dict(ncl_lambda=0.)), ('ncl', dict(ncl_lambda=0.5)),
+           ('ncl', dict(ncl_lambda=1.)), ('synthetic', {}), ('independent', dict(prune_layers='offset')), ('raw', dict(K=1)),
+           ('teacher_ft', dict(K=1))]
+OBJECTIVES = [(m, o) for m in ('independent', 'single') for o in (dict(objective='rkl'), dict(objective='jsd'), dict(objective='skl'))]
+STAGES = dict(refs=REFS, pair=PAIR, controls=CONTROLS, methods=METHODS, objectives=OBJECTIVES)
 ONE_SEED = {'refs'}
 NB_PARAMS = {'K', 'size', 'objective', 'alpha', 'tau', 'routing'}  # run_method.ipynb's own parameters (the rest go in `extra`)
 
