@@ -1,4 +1,5 @@
-# ens_distill: the two commands of the README are `make demo` (main job) and `make test` (tests).
+# ens_distill: the two commands of the README are `make demo` (main job) and `make test` (tests); `make lab` opens the
+# notebooks in JupyterLab.
 # Both create or reuse .venv and install the pinned dependencies first (idempotent).
 SHELL := /bin/bash
 PY ?= python3.11
@@ -19,7 +20,7 @@ comma := ,
 JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
 RUNENV := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=retain:true$(comma)dirty_decay_ms:-1$(comma)muzzy_decay_ms:-1,)
 
-.PHONY: setup demo prepare test export bench report scaling study
+.PHONY: setup demo lab prepare test export bench report scaling study
 
 setup: $(STAMP)
 
@@ -30,6 +31,13 @@ $(STAMP): requirements.txt constraints.txt settings.ini setup.py
 demo: setup
 	mkdir -p reports/runs
 	$(RUNENV) $(BIN)/papermill nbs/run_method.ipynb reports/runs/$(METHOD)-$(PRESET).ipynb -k python3 -p method $(METHOD) -p preset $(PRESET)
+
+# JupyterLab on the project's venv and its kernel (`Python 3 (ens_distill)`, i.e. .venv/bin/python), serving the repository
+# with nbs/ open; relative paths in the notebooks resolve against the repository root (core.project_path).
+# More options: make lab LAB_ARGS='--no-browser --port 8890' (add --allow-root in a container running as root).
+LAB_ARGS ?=
+lab: setup
+	$(RUNENV) $(BIN)/jupyter lab --ServerApp.root_dir=$(CURDIR) --ContentsManager.preferred_dir=nbs $(LAB_ARGS)
 
 prepare: setup
 	$(RUNENV) $(BIN)/ens-distill-prepare --preset $(PRESET)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #2793520c
 from __future__ import annotations
-import json, os, random
+import contextlib, json, os, random, re, sys
 from dataclasses import dataclass, field, fields, asdict
 from pathlib import Path
 import numpy as np
@@ -12,10 +12,11 @@ import torch
 import yaml
 
 # %% auto #0
-__all__ = ['DOMAINS', 'COMBINE_RULES', 'CHOICES', 'RANGES', 'PRESETS', 'EnsDistillError', 'ConfigError', 'one_line_errors',
-           'default_data_dir', 'default_cache_dir', 'RunConfig', 'validate', 'get_config', 'from_params', 'from_yaml',
-           'to_yaml', 'check_params', 'seed_everything', 'release_memory', 'resolve_device', 'cpu_has_bf16',
-           'autocast_dtype', 'fingerprint']
+__all__ = ['DOMAINS', 'COMBINE_RULES', 'REPORT_TO', 'CHOICES', 'RANGES', 'PRESETS', 'LOUD_LOGGERS', 'EnsDistillError',
+           'ConfigError', 'one_line_errors', 'default_data_dir', 'default_cache_dir', 'project_root', 'project_path',
+           'RunConfig', 'validate', 'get_config', 'from_params', 'from_yaml', 'to_yaml', 'check_params',
+           'seed_everything', 'notebook_frontend', 'interactive', 'progress_bar', 'patched', 'quiet_libraries',
+           'release_memory', 'resolve_device', 'cpu_has_bf16', 'autocast_dtype', 'fingerprint']
 
 # %% ../nbs/00_core.ipynb #afbb8354
 class EnsDistillError(RuntimeError):
@@ -40,9 +41,25 @@ def default_cache_dir()->str:
     "The cache directory: `$ENS_DISTILL_CACHE` or `~/.cache/ens_distill`."
     return os.environ.get('ENS_DISTILL_CACHE', str(Path.home()/'.cache'/'ens_distill'))
 
+# %% ../nbs/00_core.ipynb #e20a0002
+def project_root(start=None)->Path|None:
+    "The repository root at or above `start` (default: the current folder): the folder with ens_distill's `settings.ini`; None outside it."
+    p = Path(start or Path.cwd()).resolve()
+    for d in (p, *p.parents):
+        f = d/'settings.ini'
+        if f.is_file() and re.search(r'^lib_name\s*=\s*ens_distill\s*$', f.read_text(errors='ignore'), re.M): return d
+    return None
+
+def project_path(path)->Path:
+    "`path` resolved by the project's one rule: absolute as it is; relative to the project root inside the project, else to the current folder."
+    p = Path(path).expanduser()
+    root = None if p.is_absolute() else project_root()
+    return p if root is None or root == Path.cwd().resolve() else root/p
+
 # %% ../nbs/00_core.ipynb #3ee170d3
 DOMAINS = ['stories', 'shakespeare', 'encyclopedia', 'math', 'code', 'dialog']
 COMBINE_RULES = ('mean', 'product', 'weighted')  # how member distributions combine (see `packed.combine`)
+REPORT_TO = ('csv', 'tensorboard')  # experiment trackers a run writes to (`report_to`, the HF Trainer convention)
 
 CHOICES = dict(
     objective=['fkl', 'rkl', 'jsd', 'skl', 'ce'],
@@ -142,6 +159,8 @@ class RunConfig:
     # evaluation
     eval_tasks:list = field(default_factory=list) # lm-eval tasks for the task-level evaluation
     eval_limit:int = 100 # items per lm-eval task (fixed subsample)
+    # experiment tracking
+    report_to:list = field(default_factory=lambda: ['csv']) # trackers of training and eval metrics: 'csv' (metrics.csv), 'tensorboard' (event files beside it); 'none': neither
     # paths
     out_dir:str = 'reports/runs' # where run directories go
     run_name:str = '' # run directory name ('' derives one from method, K, size and seed)
@@ -196,6 +215,9 @@ def validate(cfg:RunConfig)->RunConfig:
     if cfg.share_embedding and prune_depth(cfg.size) is None:
         raise ConfigError(f"config key 'share_embedding': only members cut from the teacher (size p<L>) share its embedding; size is {cfg.size!r}")
     if cfg.method == 'cbtm': cfg.n_clusters = cfg.K  # c-BTM: one member per data cluster
+    to = [s.strip() for b in cfg.report_to for s in str(b).split(',') if s.strip() and s.strip() != 'none']   # HF: 'none', 'csv,tensorboard'
+    if bad := [b for b in to if b not in REPORT_TO]: raise ConfigError(f"config key 'report_to': {bad} is not a subset of {list(REPORT_TO)} ('none': neither)")
+    cfg.report_to = list(dict.fromkeys(to))
     if any(isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0 for t in cfg.cache_taus):
         raise ConfigError(f"config key 'cache_taus': temperatures must be positive numbers, got {cfg.cache_taus}")
     cfg.cache_taus = sorted({float(t) for t in cfg.cache_taus} | {1.})
@@ -271,6 +293,67 @@ def seed_everything(seed:int):
     random.seed(seed); np.random.seed(seed % 2**32); torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     if torch.cuda.is_available(): torch.cuda.manual_seed_all(seed)
+
+# %% ../nbs/00_core.ipynb #e20a0006
+def _kernel():
+    "The IPython kernel this code runs in, or None."
+    try: from IPython import get_ipython
+    except ImportError: return None
+    return getattr(get_ipython(), 'kernel', None)
+
+def notebook_frontend()->bool:
+    "True in a Jupyter kernel driven by a frontend that takes input (JupyterLab); False under papermill and outside kernels."
+    k = _kernel()
+    return k is not None and bool(getattr(k, '_allow_stdin', False))   # nbclient (papermill) executes with allow_stdin=False
+
+def interactive()->bool:
+    "True where someone watches: a notebook frontend (JupyterLab) or a terminal; False under papermill, in pipes and CI."
+    env = os.environ.get('ENS_DISTILL_PROGRESS', '').strip().lower()
+    if env: return env not in ('0', 'false', 'no', 'off')
+    if _kernel() is not None: return notebook_frontend()
+    return bool(getattr(sys.stderr, 'isatty', lambda: False)())
+
+def progress_bar(iterable=None, # what the loop runs over (None: give `total` and call `.update`)
+                 progress:bool=True, # False: no bar
+                 **kwargs): # tqdm's: desc, total, unit, initial, disable, ...
+    "The one bar of a long loop: `tqdm.auto` (a widget in JupyterLab, text in a terminal), shown only with `progress` where `interactive()`."
+    from tqdm.auto import tqdm
+    return tqdm(iterable, **{**kwargs, 'disable': kwargs.get('disable', False) or not (progress and interactive())})
+
+# %% ../nbs/00_core.ipynb #e20a0008
+@contextlib.contextmanager
+def patched(obj, # a module, class or object
+            name:str, # the attribute to replace while inside
+            value):
+    "Set `obj.name` to `value` while inside (e.g. a library module's `tqdm`), then restore it."
+    old = getattr(obj, name); setattr(obj, name, value)
+    try: yield old
+    finally: setattr(obj, name, old)
+
+LOUD_LOGGERS = ('transformers', 'datasets', 'huggingface_hub', 'lm_eval', 'accelerate')  # libraries that warn or log at INFO in our loops
+
+def _bars_off()->list:
+    "Turn off the progress bars of huggingface_hub, transformers and datasets; the functions that turn them on again."
+    import datasets, huggingface_hub.utils as hub, transformers.utils.logging as tl
+    undo = []
+    for on, off, is_on in ((hub.enable_progress_bars, hub.disable_progress_bars, lambda: not hub.are_progress_bars_disabled()),
+                           (tl.enable_progress_bar, tl.disable_progress_bar, tl.is_progress_bar_enabled),
+                           (datasets.enable_progress_bars, datasets.disable_progress_bars, datasets.is_progress_bar_enabled)):
+        if is_on(): off(); undo.append(on)
+    return undo
+
+@contextlib.contextmanager
+def quiet_libraries():
+    "Inside: the progress bars of huggingface_hub, transformers and datasets off, and `LOUD_LOGGERS` at ERROR; all restored on exit."
+    import logging
+    loggers = [logging.getLogger(n) for n in LOUD_LOGGERS]
+    levels = [l.level for l in loggers]
+    for l in loggers: l.setLevel(max(l.level, logging.ERROR))
+    undo = _bars_off()
+    try: yield
+    finally:
+        for on in reversed(undo): on()
+        for l, v in zip(loggers, levels): l.setLevel(v)
 
 # %% ../nbs/00_core.ipynb #da616835
 def release_memory():

@@ -81,7 +81,7 @@ def resolve_data_dir(data_dir:str|None=None)->Path:
     "The existing data folder for `data_dir` (default `default_data_dir()`), or a one-line error."
     import ens_distill
     d = Path(data_dir or default_data_dir()).expanduser()
-    cands = [d] if d.is_absolute() else [d, Path(ens_distill.__file__).resolve().parents[1]/d]
+    cands = [d] if d.is_absolute() else [project_path(d), d, Path(ens_distill.__file__).resolve().parents[1]/d]
     for c in cands:
         if c.is_dir(): return c.resolve()
     raise EnsDistillError(f"data directory {d} not found; set ENS_DISTILL_DATA or data_dir to the folder with the corpora (see MANIFEST.md)")
@@ -523,15 +523,6 @@ def _cluster(cfg:RunConfig, cols:dict, sel:list)->tuple:
     return dict(zip(tr, a.tolist())), router
 
 # %% ../nbs/10_data.ipynb #2c1a046c
-@contextlib.contextmanager
-def _quiet():
-    "Silence datasets' progress bars for a while."
-    was = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try: yield
-    finally:
-        if was: datasets.enable_progress_bars()
-
 def _build(cfg:RunConfig, tok, spec:dict, out:Path, fp:str):
     t0 = time.time()
     doms = corpus_domains(cfg, spec)
@@ -571,7 +562,7 @@ def _save(cfg, out, fp, doms, docs, blocks, router, build_s):
     bf = F(input_ids=seq, doc_idx=seq, domain=datasets.Value('string'), cluster=datasets.Value('int32'))
     df = F(doc_id=datasets.Value('string'), domain=datasets.Value('string'), split=datasets.Value('string'),
            source=datasets.Value('string'), cluster=datasets.Value('int32'), n_tokens=datasets.Value('int32'), text=datasets.Value('string'))
-    with _quiet(), atomic_dir(out) as tmp:                              # a unique temp folder, renamed when complete
+    with quiet_libraries(), atomic_dir(out) as tmp:                              # a unique temp folder, renamed when complete
         datasets.DatasetDict({s: datasets.Dataset.from_dict({k: [x.tolist() for x in v] if k in ('input_ids', 'doc_idx') else v
                                                              for k, v in b.items()}, features=bf)
                               for s, b in blocks.items()}).save_to_disk(str(tmp/'blocks'))

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn, Tensor
-from tqdm.auto import tqdm
 from .core import *
 from .packed import combine, head_map, head_logits, chunk_size
 from .stats import ece, reliability
@@ -104,7 +103,7 @@ def _chunk_size(K:int, R:int, V:int, chunk:int|None)->int:
 def _batches(ens, tokens:Tensor, batch_size:int, amp, progress:bool=False, skip:int=0):
     "Yield (block indices [B], hidden [K,B*(T-1-skip),d], targets [B*(T-1-skip)]) over `tokens` [N,T]."
     dev = ens.head_weight.device
-    for s in tqdm(range(0, len(tokens), batch_size), disable=not progress, desc='eval'):
+    for s in progress_bar(range(0, len(tokens), batch_size), progress, desc='eval'):
         idx = torch.arange(s, min(s + batch_size, len(tokens)))
         x = tokens[idx].to(dev)
         with torch.autocast(dev.type, dtype=amp or torch.bfloat16, enabled=amp is not None):

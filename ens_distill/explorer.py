@@ -22,15 +22,16 @@ __all__ = ['load_run', 'run_dirs', 'prompt_weights', 'analyse', 'show', 'has_wid
 def load_run(run_dir:str)->dict:
     "A run's config, members (PackedEnsemble), teacher and tokenizer (cached per path)."
     from ens_distill.teacher import load_teacher
-    p = Path(run_dir)
+    p = project_path(run_dir)
     if not (p/'members').exists(): raise EnsDistillError(f"{p} has no members/ folder; pick a finished run directory")
     cfg = from_yaml(p/'config.yaml') if (p/'config.yaml').exists() else get_config()
     teacher, tok = load_teacher(cfg.teacher, cfg.cache_dir)
-    return dict(path=p, cfg=cfg, ens=load_members(p/'members').eval(), teacher=teacher, tokenizer=tok)
+    with quiet_libraries(): ens = load_members(p/'members').eval()
+    return dict(path=p, cfg=cfg, ens=ens, teacher=teacher, tokenizer=tok)
 
 def run_dirs(root='reports/runs')->list:
-    "Run folders with saved members under `root` (any depth)."
-    root = Path(root)
+    "Run folders with saved members under `root` (any depth; a relative `root` follows `project_path`)."
+    root = project_path(root)
     return sorted(str(m.parent) for m in root.rglob('members') if m.is_dir()) if root.exists() else []
 
 # %% ../nbs/85_explorer.ipynb #86ddd9a4
@@ -88,12 +89,8 @@ def show(a:dict, tables:bool=True, figsize_per=(2.6, 2.4)):
 
 # %% ../nbs/85_explorer.ipynb #97c75a3d
 def has_widget_frontend()->bool:
-    "True inside a Jupyter kernel unless ENS_DISTILL_STATIC is set."
-    if os.environ.get('ENS_DISTILL_STATIC'): return False
-    try:
-        from IPython import get_ipython
-        return getattr(get_ipython(), 'kernel', None) is not None
-    except Exception: return False
+    "True in a kernel driven by a frontend that takes input (JupyterLab), unless ENS_DISTILL_STATIC is set."
+    return not os.environ.get('ENS_DISTILL_STATIC') and notebook_frontend()
 
 # %% ../nbs/85_explorer.ipynb #7e2dde50
 def explorer(root='reports/runs', # where to look for runs with members

@@ -4,7 +4,7 @@
 
 # %% ../nbs/65_lmeval.ipynb #a9bfdbf1
 from __future__ import annotations
-import abc, bz2, csv, hashlib, json, os, random, sys, time
+import abc, bz2, contextlib, csv, hashlib, json, os, random, sys, time
 import yaml
 from pathlib import Path
 import datasets
@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import torch
 from fastcore.basics import patch
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
@@ -269,7 +268,7 @@ def _loglikelihood_tokens(self:EnsembleLM, requests:list, disable_tqdm:bool=Fals
     res = [None] * len(requests)
     order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1] + requests[i][2]))
     bs = override_bs or self.batch_size
-    for b in tqdm(range(0, len(order), bs), disable=disable_tqdm or len(order) <= bs, desc='ens_distill loglikelihood'):
+    for b in progress_bar(range(0, len(order), bs), not disable_tqdm and len(order) > bs, desc=f'score {len(order)} requests'):
         idx = order[b:b+bs]
         seqs = [(requests[i][1] + requests[i][2])[-(self.max_length + 1):] for i in idx]
         T = max(len(s) for s in seqs) - 1
@@ -354,7 +353,7 @@ def generate_until(self:EnsembleLM, requests:list, disable_tqdm:bool=False)->lis
         ctx_len = self.max_length - mx
         if ctx_len <= 0: raise EnsDistillError(f"max_gen_toks={mx} leaves no room for a context in max_length={self.max_length}")
         idx = sorted(idx, key=lambda i: -len(requests[i].args[0]))
-        for b in tqdm(range(0, len(idx), self.batch_size), disable=disable_tqdm, desc='ens_distill generate'):
+        for b in progress_bar(range(0, len(idx), self.batch_size), not disable_tqdm, desc=f'generate {len(idx)} answers'):
             bi = idx[b:b+self.batch_size]
             ctxs = [self.tok_encode(requests[i].args[0], left_truncate_len=ctx_len) for i in bi]
             for i, toks in zip(bi, self._generate(ctxs, until, mx, kw.get('do_sample', False), float(kw.get('temperature', 0.0) or 0.0))):
@@ -427,6 +426,26 @@ def _item_arrays(samples:list)->dict:
     return {k: [r[k] for r in rows] for k in ('id', 'correct', 'gold_ll', 'p_max', 'n_choices')}
 
 # %% ../nbs/65_lmeval.ipynb #283061f7
+@contextlib.contextmanager
+def _lm_eval_bars():
+    "lm-eval's bars while scoring: none for its setup loops (building requests, tokenizing), `progress_bar` for its hf model's scoring loop."
+    import lm_eval.api.task as task, lm_eval.api.model as model, lm_eval.models.huggingface as hf
+    off = lambda it=None, **kw: progress_bar(it, False, **kw)
+    with patched(task, 'tqdm', off), patched(model, 'tqdm', off), patched(hf, 'tqdm', progress_bar): yield
+
+def _simple_evaluate(model, model_args, tasks:list, limit, num_fewshot, seed:int, sample:str, data_dir, batch_size, device, items:bool, **kwargs)->dict:
+    "lm-eval's `simple_evaluate` on `tasks` (a fixed-seed random subset of `limit` items with sample='random'): its raw results."
+    from lm_eval import simple_evaluate
+    tm, samples = task_manager(data_dir, defaults=any(not str(t).startswith('ed_') for t in tasks)), None
+    if limit is not None and sample == 'random':
+        loaded = tm.load(tasks)['tasks']
+        samples = {n: sorted(random.Random(seed).sample(range(len(t.eval_docs)), min(int(limit), len(t.eval_docs)))) for n, t in loaded.items()}
+        limit = None
+    if device is None and 'device' not in str(model_args or ''): device = 'cuda' if torch.cuda.is_available() else 'cpu'  # lm-eval's hf model assumes cuda
+    return simple_evaluate(model=model, model_args=model_args, tasks=tasks, num_fewshot=num_fewshot, limit=limit, samples=samples,
+                           task_manager=tm, batch_size=batch_size, device=device, random_seed=seed, numpy_random_seed=seed,
+                           torch_random_seed=seed, fewshot_random_seed=seed, log_samples=items, **kwargs)
+
 def evaluate_tasks(model, # lm-eval model name ('hf', 'ens_distill'), an lm-eval LM, a run/checkpoint dir or teacher name
                    tasks, # task names (list or comma-separated)
                    model_args=None, # lm-eval model_args string or dict (with a model name)
@@ -438,21 +457,12 @@ def evaluate_tasks(model, # lm-eval model name ('hf', 'ens_distill'), an lm-eval
                    raw:bool=False, # return lm-eval's whole results dict
                    items:bool=False, # also per-item arrays under each task's `items` (`_item_arrays`)
                    **kwargs)->dict: # passed on to lm_eval.simple_evaluate
-    "Scores per task (acc, acc_stderr, acc_norm, ..., n) of a model on lm-eval tasks, local `ed_*` ones included."
-    from lm_eval import simple_evaluate
+    "Scores per task (acc, acc_stderr, acc_norm, ..., n) of a model on lm-eval tasks, local `ed_*` ones included (quietly: one bar, no warnings)."
     from lm_eval.api.registry import MODEL_REGISTRY
     if isinstance(model, (str, Path)) and model_args is None and str(model) not in MODEL_REGISTRY:
         model, model_args = model_spec(model)
     tasks = tasks.split(',') if isinstance(tasks, str) else list(tasks)
-    tm, samples = task_manager(data_dir, defaults=any(not str(t).startswith('ed_') for t in tasks)), None
-    if limit is not None and sample == 'random':
-        loaded = tm.load(tasks)['tasks']
-        samples = {n: sorted(random.Random(seed).sample(range(len(t.eval_docs)), min(int(limit), len(t.eval_docs)))) for n, t in loaded.items()}
-        limit = None
-    if device is None and 'device' not in str(model_args or ''): device = 'cuda' if torch.cuda.is_available() else 'cpu'  # lm-eval's hf model assumes cuda
-    out = simple_evaluate(model=model, model_args=model_args, tasks=tasks, num_fewshot=num_fewshot, limit=limit, samples=samples,
-                          task_manager=tm, batch_size=batch_size, device=device, random_seed=seed, numpy_random_seed=seed,
-                          torch_random_seed=seed, fewshot_random_seed=seed, log_samples=items, **kwargs)
+    with quiet_libraries(), _lm_eval_bars(): out = _simple_evaluate(model, model_args, tasks, limit, num_fewshot, seed, sample, data_dir, batch_size, device, items, **kwargs)
     if raw: return out
     res = _compact(out)
     if items:

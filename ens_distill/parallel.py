@@ -179,12 +179,13 @@ def staged(fn, comm:Comm):
     return fn() if out is None else out
 
 def merge_rows(rows:list, split:list)->list:
-    "One metrics row per step from every rank's rows: member columns renumbered, means weighted by members."
+    "One metrics row per step from every rank's rows: member columns renumbered, means weighted by members, throughputs added."
     out = []
     for rs in zip(*rows):
         row, Ks = dict(rs[0]), [k1 - k0 for k0, k1 in split]
         for n in ('loss', 'kd', 'ce', 'ncl', 'grad_norm'):
             if n in row: row[n] = sum(float(r[n]) * k for r, k in zip(rs, Ks)) / sum(Ks)
+        if row.get('tokens_per_s') not in (None, ''): row['tokens_per_s'] = sum(float(r['tokens_per_s']) for r in rs)   # every rank's members
         for r, (k0, k1) in zip(rs, split):
             for j in range(k1 - k0): row[f'loss_m{k0 + j}'] = r[f'loss_m{j}']
         out.append(row)

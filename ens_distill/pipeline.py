@@ -90,7 +90,7 @@ def evaluate_run(ctx:Context, ens:PackedEnsemble, router=None)->dict:
     w = None if router is None else router.weights(prefix_texts(ctx, 'test'))   # each block routed on its own prefix
     res = evaluate(ens, ctx.corpus.tokens('test'), ctx.corpus.block_domains('test'), cache=ctx.caches['test'],
                    tokenizer=ctx.tokenizer, rules=('mean', 'product'), router_weights=w, batch_size=c.eval_batch,
-                   holdout_domains=c.holdout_domains, amp=autocast_dtype(c.dtype, dev), skip=c.route_prefix,
+                   holdout_domains=c.holdout_domains, amp=autocast_dtype(c.dtype, dev), skip=c.route_prefix, progress=ctx.progress,
                    docs=ctx.corpus.doc_idx('test')[:, c.route_prefix + 1])
     res['meta']['headline_rule'] = 'weighted' if w is not None else c.combine
     res['meta']['kl_capture'] = kl_capture(ens, ctx.teacher, ctx.corpus.tokens('test'), c.topk, 'product' if c.combine == 'product' else 'mean',
@@ -198,10 +198,11 @@ def run_pipeline(cfg:RunConfig, # the run's configuration (`cfg.method` picks th
                  progress:bool=True, verbose:bool=True)->dict:
     "Prepare, fit, evaluate and record one run; its metrics on rank 0 (this rank's training summary elsewhere)."
     cfg = validate(cfg)
-    if comm.rank: return _pipeline(cfg, comm, resume, overwrite, progress, verbose)
-    writable_dir(cfg.out_dir, 'out_dir')
-    with locked(run_path(cfg), f'run {run_path(cfg)}', wait=False):       # a second live run into this folder: one line naming the owner
-        return _pipeline(cfg, comm, resume, overwrite, progress, verbose)
+    with quiet_libraries():                                               # one bar per long loop, no library bars or warnings
+        if comm.rank: return _pipeline(cfg, comm, resume, overwrite, progress, verbose)
+        writable_dir(project_path(cfg.out_dir), 'out_dir')
+        with locked(run_path(cfg), f'run {run_path(cfg)}', wait=False):   # a second live run into this folder: one line naming the owner
+            return _pipeline(cfg, comm, resume, overwrite, progress, verbose)
 
 def _pipeline(cfg:RunConfig, comm:Comm, resume:bool, overwrite:bool, progress:bool, verbose:bool)->dict:
     "`run_pipeline` on a validated config, with this rank's hold on the run folder."
@@ -217,7 +218,7 @@ def _pipeline(cfg:RunConfig, comm:Comm, resume:bool, overwrite:bool, progress:bo
     if stage and lead: shutil.rmtree(home, ignore_errors=True)           # (what a failed earlier redo left)
     comm.barrier()
     run = RunDir(cfg, resume=resume, overwrite=overwrite and not stage, path=home) if lead else None; comm.barrier()
-    rank_run = run if comm.world == 1 else RunDir(replace(cfg, out_dir=str(home/'ranks'), run_name=f'rank{comm.rank}'),
+    rank_run = run if comm.world == 1 else RunDir(replace(cfg, out_dir=str(home/'ranks'), run_name=f'rank{comm.rank}', report_to=['csv']),
                                                   resume=resume, overwrite=overwrite)
     ctx = Context(cfg, prep['model'], prep['tokenizer'], prep['corpus'], prep['caches'], rank_run, comm, resume, progress and lead)
     ctx.on_step = dev_curve_fn(ctx)

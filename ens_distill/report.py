@@ -21,7 +21,7 @@ __all__ = ['GROUP_KEYS', 'QUESTIONS', 'SITE_CSS', 'SHOTS', 'collect_runs', 'seed
            'win_ensemble_vs_matched', 'win_headline_pair', 'win_specialization', 'win_latency', 'win_conditions',
            'win_table', 'entry_cis', 'plot_leaderboard', 'plot_pareto', 'task_cis', 'task_ci_table',
            'task_evidence_table', 'plot_tasks', 'plot_ablations', 'plot_reliability_grid', 'answers', 'render_html',
-           'publish', 'publish_cli', 'check_site', 'screenshots']
+           'publish', 'publish_cli', 'open_page', 'check_site', 'screenshots']
 
 # %% ../nbs/80_report.ipynb #4e881a07
 def collect_runs(root='reports/runs')->pd.DataFrame:
@@ -914,8 +914,11 @@ async def _cdp_jobs(ws, jobs:list, width:int, height:int, timeout:float)->list:
     out = []
     for url, js, png, clip_js in jobs:
         await call('Page.navigate', 'Page.loadEventFired', url=url)
-        ev = lambda e: call('Runtime.evaluate', expression=e, returnByValue=True)
-        out.append((await ev(js))['result'].get('value') if js else None)
+        ev = lambda e: call('Runtime.evaluate', expression=e, returnByValue=True, awaitPromise=True)
+        r = await ev(js) if js else {}
+        if 'exceptionDetails' in r:
+            d = r['exceptionDetails']; raise EnsDistillError(f"{url}: {d.get('exception', {}).get('description') or d.get('text')}")
+        out.append(r.get('result', {}).get('value'))
         if png:
             clip = (await ev(clip_js))['result'].get('value') if clip_js else None
             if clip_js and not clip: raise EnsDistillError(f"{url}: nothing to screenshot ({clip_js[:60]})")
@@ -927,6 +930,17 @@ def _browse(browser:str, jobs:list, width:int=1400, height:int=900, timeout:floa
     "`_cdp` from synchronous code (in a thread of its own, so it also runs under a notebook's event loop)."
     import asyncio, concurrent.futures
     with concurrent.futures.ThreadPoolExecutor(1) as ex: return ex.submit(asyncio.run, _cdp(browser, jobs, width, height, timeout)).result()
+
+def open_page(url:str, # the page (http://, file://)
+              js:str|None=None, # a JavaScript expression run once the page has loaded (a promise is awaited); its JSON value is returned
+              png=None, # save a screenshot of the window here, after `js`
+              browser:str|None=None, # Chromium executable (default: `chromium` on PATH)
+              width:int=1400, height:int=900, # window size
+              timeout:float=60): # seconds for the browser to start and for each DevTools reply (a long `js` needs more)
+    "Open `url` in headless Chromium, return the value of `js`, save a screenshot: the one browser driver (site check, screenshots, the JupyterLab test)."
+    browser = browser or _chromium()
+    if browser is None: raise EnsDistillError("open_page needs headless Chromium (Debian: apt-get install chromium)")
+    return _browse(browser, [(url, js, png, None)], width, height, timeout)[0]
 
 # %% ../nbs/80_report.ipynb #a95e0024
 _PAGE_JS = r"""(() => {

@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_runs.ipynb #d0a1b2c4
 from __future__ import annotations
-import contextlib, csv, fcntl, hashlib, io, json, os, re, shutil, socket, time
+import contextlib, csv, fcntl, hashlib, io, json, math, os, re, shutil, socket, time
 from pathlib import Path
 from dataclasses import asdict
 import pandas as pd
@@ -12,10 +12,10 @@ from fastcore.basics import patch
 from .core import *
 
 # %% auto #0
-__all__ = ['CACHE_KINDS', 'NOT_IN_NAME', 'atomic_write', 'atomic_dir', 'file_sha256', 'lock_path', 'locked', 'writable_dir',
-           'cache_path', 'settings_hash', 'run_variant', 'run_name', 'parse_run_name', 'entry_name', 'variant_of',
-           'run_path', 'is_finished', 'check_not_finished', 'staging_path', 'swap_in', 'RunDir', 'run_record',
-           'seed_stats']
+__all__ = ['CACHE_KINDS', 'NOT_IN_NAME', 'TB_EVENTS', 'TRACKERS', 'atomic_write', 'atomic_dir', 'file_sha256', 'lock_path',
+           'locked', 'writable_dir', 'cache_path', 'settings_hash', 'run_variant', 'run_name', 'parse_run_name',
+           'entry_name', 'variant_of', 'run_path', 'is_finished', 'check_not_finished', 'scalars', 'tb_tag',
+           'TensorBoardLog', 'staging_path', 'swap_in', 'RunDir', 'run_record', 'seed_stats']
 
 # %% ../nbs/05_runs.ipynb #d0a1b2c8
 def atomic_write(path, # the file to (re)write
@@ -125,11 +125,11 @@ def cache_path(cache_dir, # `cfg.cache_dir` (None: `default_cache_dir()`; `~` is
                *parts)->Path: # sub-path inside the kind's folder
     "The path of a cache entry: `cache_dir/kind/parts...`."
     if kind not in CACHE_KINDS: raise EnsDistillError(f"unknown cache kind {kind!r}; one of {list(CACHE_KINDS)}")
-    return Path(cache_dir or default_cache_dir()).expanduser().joinpath(kind, *map(str, parts))
+    return project_path(cache_dir or default_cache_dir()).joinpath(kind, *map(str, parts))
 
 # %% ../nbs/05_runs.ipynb #d0a1b2ce
 NOT_IN_NAME = {'out_dir', 'run_name', 'cache_dir', 'data_dir', 'seeds', 'eval_batch_size', 'log_every', 'ckpt_every', 'device',
-               'dev_curve', 'dev_curve_blocks', 'eval_tasks', 'eval_limit', 'preset', 'compile'}  # settings that leave a run's result as it is (compile: last digits)
+               'dev_curve', 'dev_curve_blocks', 'eval_tasks', 'eval_limit', 'preset', 'report_to', 'compile'}  # settings that leave a run's result as it is (compile: last digits)
 _SPELLED = {'method', 'K', 'size', 'seed', 'routing', 'boost_mode', 'boost_q', 'ncl_lambda', 'objective', 'alpha', 'tau'}
 
 def settings_hash(cfg:RunConfig)->str:
@@ -177,7 +177,7 @@ def variant_of(name:str, method:str)->str:
 # %% ../nbs/05_runs.ipynb #d0a1b2d2
 def run_path(cfg:RunConfig)->Path:
     "The folder of `cfg`'s run: `out_dir/run_name(cfg)`."
-    return Path(cfg.out_dir)/run_name(cfg)
+    return project_path(cfg.out_dir)/run_name(cfg)
 
 def is_finished(path)->bool:
     "True when the run folder `path` holds a finished run (its `metrics.json`)."
@@ -187,6 +187,47 @@ def check_not_finished(path, resume:bool=False, overwrite:bool=False):
     "Raise a one-line error when `path` holds a finished run and neither `resume` nor `overwrite` is set."
     if is_finished(path) and not (resume or overwrite):
         raise EnsDistillError(f"run {path} already finished; pass overwrite=True to redo it or pick another run_name")
+
+# %% ../nbs/05_runs.ipynb #e20a0102
+TB_EVENTS = 'events.out.tfevents.*'  # TensorBoard's event files
+
+def scalars(d:dict, # a metrics row or record (values may be CSV text or nested dicts)
+            prefix:str='', depth:int=2)->dict:
+    "The finite numbers of `d` by key (nested dicts as `key/sub`, down to `depth` levels); booleans and text left out."
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            if depth > 1: out.update(scalars(v, f'{prefix}{k}/', depth - 1))
+            continue
+        if isinstance(v, bool) or v is None: continue
+        try: f = float(v)
+        except (TypeError, ValueError): continue
+        if math.isfinite(f): out[f'{prefix}{k}'] = f
+    return out
+
+def tb_tag(key:str)->str:
+    "The TensorBoard tag of a metrics row's column: `dev/...` for dev-curve points (`dev_ppl_m0` -> `dev/ppl_m0`), `train/<key>` else."
+    return f'dev/{key[4:]}' if key.startswith('dev_') else f'train/{key}'
+
+class TensorBoardLog:
+    "A run folder's TensorBoard event file: metrics rows as scalars at their step, the finished run's numbers under `eval/`."
+    def __init__(self, path): # the run folder
+        try: from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e: raise EnsDistillError(f"report_to 'tensorboard' needs the tensorboard package ({e}); "
+                                                       "pip install tensorboard, or leave it out of report_to") from None
+        self.writer, self.step = SummaryWriter(log_dir=str(path)), 0
+
+    def log(self, row:dict):
+        self.step = int(float(row.get('step', self.step)))
+        for k, v in scalars(row, depth=1).items():
+            if k != 'step': self.writer.add_scalar(tb_tag(k), v, self.step)
+        self.writer.flush()
+
+    def finish(self, metrics:dict):
+        for k, v in scalars(metrics).items(): self.writer.add_scalar(f'eval/{k}', v, self.step)
+        self.writer.close()
+
+TRACKERS = dict(tensorboard=TensorBoardLog)  # `report_to` backends besides csv (written by `RunDir.log` itself)
 
 # %% ../nbs/05_runs.ipynb #d0a1b2f1
 def staging_path(path)->Path:
@@ -204,7 +245,7 @@ def swap_in(new, path)->Path:
 
 # %% ../nbs/05_runs.ipynb #d0a1b2d3
 class RunDir:
-    "A run's directory: resolved config, per-step metrics CSV, final metrics JSON."
+    "A run's directory: resolved config, per-step metrics (`cfg.report_to`: metrics.csv, TensorBoard events), final metrics JSON."
     def __init__(self, cfg:RunConfig, # the run's configuration
                  resume:bool=False, # continue a run that already has files here
                  overwrite:bool=False, # replace a finished run's metrics
@@ -213,12 +254,19 @@ class RunDir:
         check_not_finished(self.path, resume, overwrite)
         self.path.mkdir(parents=True, exist_ok=True)
         if overwrite and not resume:                                     # starting again: no rows, metrics or checkpoints of before
-            for f in ('metrics.csv', 'metrics.json', 'tasks.json'): (self.path/f).unlink(missing_ok=True)
+            for f in ('metrics.csv', 'metrics.json', 'tasks.json', *[p.name for p in self.path.glob(TB_EVENTS)]): (self.path/f).unlink(missing_ok=True)
             for d in [*self.path.glob('ckpt*'), self.path/'ranks']: shutil.rmtree(d, ignore_errors=True)
         to_yaml(cfg, self.path/'config.yaml')
+        self._trackers = None
 
     @property
     def csv_path(self): return self.path/'metrics.csv'
+
+    @property
+    def trackers(self)->list:
+        "The run's trackers besides the CSV (`cfg.report_to`), made on first use: only a chosen backend imports its package."
+        if self._trackers is None: self._trackers = [TRACKERS[n](self.path) for n in self.cfg.report_to if n in TRACKERS]
+        return self._trackers
 
 # %% ../nbs/05_runs.ipynb #d0a1b2d4
 @patch
@@ -233,16 +281,20 @@ def _write_rows(path:Path, rows:list, cols:list):
     w = csv.DictWriter(buf, cols, restval=''); w.writeheader(); w.writerows(rows)
     atomic_write(path, buf.getvalue())
 
-@patch
-def log(self:RunDir, row:dict):
-    "Append one metrics row to `metrics.csv` (the file is rewritten when the row brings new columns)."
-    rows = self.rows()
+def _append_row(path:Path, rows:list, row:dict):
+    "Append `row` to the metrics CSV at `path` holding `rows` (rewritten when the row brings new columns)."
     cols = list(rows[0].keys()) if rows else []
     new = [k for k in row if k not in cols]
     if rows and not new:
-        with open(self.csv_path, 'a', newline='') as f: csv.DictWriter(f, cols).writerow(row)
+        with open(path, 'a', newline='') as f: csv.DictWriter(f, cols).writerow(row)
         return
-    _write_rows(self.csv_path, rows + [{k: str(v) for k, v in row.items()}], cols + new)
+    _write_rows(path, rows + [{k: str(v) for k, v in row.items()}], cols + new)
+
+@patch
+def log(self:RunDir, row:dict):
+    "Log one metrics row to the run's trackers: appended to `metrics.csv` (`csv`), scalars in TensorBoard's events (`tensorboard`)."
+    if 'csv' in self.cfg.report_to: _append_row(self.csv_path, self.rows(), row)
+    for t in self.trackers: t.log(row)
 
 # %% ../nbs/05_runs.ipynb #d0a1b2d5
 @patch
@@ -260,8 +312,9 @@ def truncate(self:RunDir, step:int):
 
 @patch
 def finish(self:RunDir, metrics:dict):
-    "Write the final metrics JSON (atomically): the run is finished."
+    "Write the final metrics JSON (atomically): the run is finished; the trackers get its numbers and are closed."
     atomic_write(self.path/'metrics.json', metrics)
+    for t in self.trackers: t.finish(metrics)
 
 # %% ../nbs/05_runs.ipynb #d0a1b2d8
 def run_record(cfg:RunConfig, # the run's configuration

@@ -109,11 +109,11 @@ def fake_run(root, # folder the run directory goes into
 CONFIG_KEYS = set(RunConfig.__dataclass_fields__)
 
 # %% ../nbs/70_scaling.ipynb #6db6bb2a
-_IGNORE = {'out_dir', 'cache_dir', 'data_dir', 'run_name', 'n_clusters', 'seeds', 'preset'}
+_IGNORE = {'out_dir', 'cache_dir', 'data_dir', 'run_name', 'n_clusters', 'seeds', 'preset', 'report_to'}
 
 def sweep_dir(out_dir, method:str, mode:str)->Path:
     "Where the runs of one sweep go."
-    return Path(out_dir)/f'{method}-{mode}'
+    return project_path(out_dir)/f'{method}-{mode}'
 
 def sweep_configs(base:RunConfig, # settings shared by all points (data, teacher, objective, training)
                   points:pd.DataFrame, # `sweep_points` rows
@@ -179,7 +179,7 @@ def save_sweep(out_dir, method:str, mode:str, points:pd.DataFrame|None=None)->pd
 
 def load_sweeps(out_dir='reports/sweeps')->pd.DataFrame:
     "Every sweep table (`*.csv`) under `out_dir`, concatenated (empty without sweeps)."
-    fs = sorted(Path(out_dir).glob('*.csv')) if Path(out_dir).exists() else []
+    d = project_path(out_dir); fs = sorted(d.glob('*.csv')) if d.exists() else []
     return pd.concat([pd.read_csv(f).assign(sweep=f.stem) for f in fs], ignore_index=True) if fs else pd.DataFrame()
 
 # %% ../nbs/70_scaling.ipynb #458dcbf0

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib, math
 import torch
 from safetensors.torch import save, load_file
-from tqdm.auto import tqdm
 from .core import *
 from .runs import atomic_write, cache_path
 from .data import pack
@@ -42,7 +41,7 @@ def generate_synthetic(model, tok, prompts:list, # texts the teacher continues
     "Teacher continuations of `prompts` (new text only), sampled in left-padded batches."
     dev, out = next(model.parameters()).device, []
     with _left_padding(tok), torch.random.fork_rng(devices=[dev] if dev.type == 'cuda' else []):
-        for b in tqdm(range(0, len(prompts), batch_size), disable=not progress, desc='generate'):
+        for b in progress_bar(range(0, len(prompts), batch_size), progress, desc='generate'):
             ps = list(prompts[b:b+batch_size])
             if chat: ps = [tok.apply_chat_template([dict(role='user', content=p)], tokenize=False, add_generation_prompt=True) for p in ps]
             enc = tok(ps, return_tensors='pt', padding=True, add_special_tokens=not chat).to(dev)

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from fastcore.basics import patch
 from safetensors.numpy import save as st_save
-from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from .core import *
 from .compute import count_params, forward_flops
@@ -88,8 +87,10 @@ def convert_gguf(gguf:Path, # a .gguf file
                 )->Path:
     "Dequantize a GGUF checkpoint to fp32 and save it (with its tokenizer) as a plain HF directory."
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    import transformers.modeling_gguf_pytorch_utils as gg
     gguf = Path(gguf)
-    m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    with patched(gg, 'tqdm', progress_bar):                               # its dequantizing loop: the conversion's one bar
+        m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     cfg = m.config
     if hasattr(cfg, 'quantization_config'): del cfg.quantization_config
@@ -154,6 +155,9 @@ def load_teacher(spec:str='smollm2-135m-instruct', # 'smollm2-135m-instruct', 't
                  dtype=torch.float32, # parameter dtype
                 )->tuple:
     "Load a teacher causal LM in eval mode and its tokenizer."
+    with quiet_libraries(): return _load_teacher(spec, cache_dir, dtype)
+
+def _load_teacher(spec:str, cache_dir, dtype)->tuple:
     path = _teacher_path(spec, cache_dir)
     if isinstance(path, Path): check_weights(path, 'delete that directory to convert it again' if spec in TEACHERS else
                                              'replace it (save or download the model again)')
@@ -421,7 +425,7 @@ def _build_shards(model, tokens, out:Path, man:dict, batch_size:int, amp, progre
     dev = next(model.parameters()).device
     fwd = _forward_copy(model, amp)
     if amp is not None and _dtype(fwd) == amp: amp = None            # weights already bf16: no autocast
-    bar = tqdm(total=N, initial=min(N, len(man['shards']) * sb), unit='block', desc=f'top-k cache {out.name}', disable=not progress)
+    bar = progress_bar(None, progress, total=N, initial=min(N, len(man['shards']) * sb), unit='block', desc=f'top-k cache {out.name}')
     for s in range(len(man['shards']), -(-N // sb)):
         t0, rows = time.time(), tokens[s*sb:(s+1)*sb]
         parts = [_cache_forward(fwd, x.to(dev), fp['k'], amp, fp['taus']) for x in rows.split(batch_size)]

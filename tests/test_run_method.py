@@ -1,5 +1,5 @@
 "End-to-end smoke: nbs/run_method.ipynb through papermill for every method (smoke preset, tiny teacher)."
-import json, math, os
+import csv, json, math, os
 from pathlib import Path
 import pytest, papermill as pm
 from transformers import AutoModelForCausalLM
@@ -53,3 +53,33 @@ def test_grid_chooses_tau_and_run_method_reuses_it(tmp_path, cache):
     _run(tmp_path, cache, method='independent')
     m = json.loads(next((tmp_path/'runs').glob('independent*/metrics.json')).read_text())
     assert m['tau'] == choice['tau']
+
+def _noise(nb_path:Path)->list:
+    "What an executed notebook shows besides its results: stderr blocks (warnings, text bars) and widget outputs (progress bars)."
+    nb = json.loads(Path(nb_path).read_text())
+    outs = [o for c in nb['cells'] for o in c.get('outputs', [])]
+    return ([''.join(o.get('text', ''))[:200] for o in outs if o.get('output_type') == 'stream' and o.get('name') == 'stderr']
+            + [str(o['data'].get('text/plain', ''))[:200] for o in outs if 'application/vnd.jupyter.widget-view+json' in o.get('data', {})])
+
+def test_executed_notebooks_are_quiet_and_tensorboard_reads_the_run(tmp_path, cache):
+    "`make demo`'s notebook (smoke preset, report_to csv + tensorboard) and the task notebook on its run: no stderr block, no progress bar; the event files hold metrics.csv's rows and metrics.json's numbers."
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    _run(tmp_path, cache, method='independent', report_to=['csv', 'tensorboard'])
+    assert _noise(tmp_path/'out.ipynb') == []
+    run = next(p for p in (tmp_path/'runs').iterdir() if p.is_dir())
+    assert len(list(run.glob('events.out.tfevents.*'))) == 1 and (run/'metrics.csv').exists()
+    ea = EventAccumulator(str(run)); ea.Reload()
+    tags, m = set(ea.Tags()['scalars']), json.loads((run/'metrics.json').read_text())
+    assert {'train/loss', 'train/loss_m0', 'train/loss_m1', 'train/lr', 'train/grad_norm', 'train/tokens_per_s',
+            'eval/test_ppl', 'eval/kl_teacher', 'eval/ece', 'eval/mean_member_ppl'} <= tags, sorted(tags)
+    rows = list(csv.DictReader(open(run/'metrics.csv')))
+    for tag, col in (('train/loss', 'loss'), ('train/loss_m1', 'loss_m1'), ('train/lr', 'lr'), ('train/grad_norm', 'grad_norm')):
+        got = [(e.step, e.value) for e in ea.Scalars(tag)]
+        assert got == [(int(r['step']), pytest.approx(float(r[col]), rel=1e-6)) for r in rows], tag   # float32 in the event file
+    assert all(e.value > 0 for e in ea.Scalars('train/tokens_per_s'))
+    ev = ea.Scalars('eval/test_ppl'); assert len(ev) == 1 and ev[0].value == pytest.approx(m['test_ppl'], rel=1e-6) and ev[0].step == int(rows[-1]['step'])
+    assert {f'eval/ppl_by_domain/{d}' for d in m['ppl_by_domain']} <= tags
+    pm.execute_notebook(str(NB.with_name('run_tasks.ipynb')), str(tmp_path/'tasks.ipynb'), kernel_name='python3', progress_bar=False,
+                        parameters=dict(runs=[str(run)], tasks=['ed_arc_easy', 'ed_lambada'], limit=4, gen_limit=2))
+    assert _noise(tmp_path/'tasks.ipynb') == []
+    assert {'ed_arc_easy', 'ed_lambada'} <= set(json.loads((run/'tasks.json').read_text())['tasks'])
