@@ -428,10 +428,10 @@ def _item_arrays(samples:list)->dict:
 # %% ../nbs/65_lmeval.ipynb #283061f7
 @contextlib.contextmanager
 def _lm_eval_bars():
-    "lm-eval's bars while scoring: none for its setup loops (building requests, tokenizing), `progress_bar` for its hf model's scoring loop."
-    import lm_eval.api.task as task, lm_eval.api.model as model, lm_eval.models.huggingface as hf
+    "lm-eval's bars while scoring: none for its setup loops (building requests, tokenizing) and stderr bootstraps, `progress_bar` for its hf model's scoring loop."
+    import tqdm as tq, lm_eval.api.task as task, lm_eval.api.model as model, lm_eval.models.huggingface as hf
     off = lambda it=None, **kw: progress_bar(it, False, **kw)
-    with patched(task, 'tqdm', off), patched(model, 'tqdm', off), patched(hf, 'tqdm', progress_bar): yield
+    with patched(task, 'tqdm', off), patched(model, 'tqdm', off), patched(hf, 'tqdm', progress_bar), patched(tq, 'tqdm', off): yield  # tq: `from tqdm import tqdm` inside lm-eval's stderr bootstrap
 
 def _simple_evaluate(model, model_args, tasks:list, limit, num_fewshot, seed:int, sample:str, data_dir, batch_size, device, items:bool, **kwargs)->dict:
     "lm-eval's `simple_evaluate` on `tasks` (a fixed-seed random subset of `limit` items with sample='random'): its raw results."
