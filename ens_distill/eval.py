@@ -79,7 +79,6 @@ def js_div(lp:Tensor, lq:Tensor)->Tensor:
     return .5 * (kl_div(lp, m) + kl_div(lq, m))
 
 def member_diversity(lp:Tensor, # member log-probs [K,n,V]
-                     pred:Tensor|None=None, # the members' top-1 ids [K,n], when the caller has them
                     )->Tensor: # [2,n]: mean pairwise JS, mean pairwise top-1 disagreement
     "Mean pairwise JS divergence and top-1 disagreement between members, per token."
     K, n = lp.shape[:2]
@@ -88,7 +87,7 @@ def member_diversity(lp:Tensor, # member log-probs [K,n,V]
     if not pairs: return out
     P = lp.float().exp()                                                   # [K,n,V]
     negH = (P * lp.float().clamp_min(-1e30)).sum(-1)                        # [K,n]: sum p log p of each member (no log pass)
-    pred = lp.argmax(-1) if pred is None else pred
+    pred = lp.argmax(-1)
     for i, j in pairs:  # JS = H(m) - (H_i + H_j)/2 with m = (p_i + p_j)/2: three passes over V per pair
         s2 = P[i] + P[j]                                                   # 2m
         negHm = .5 * torch.xlogy(s2, s2).sum(-1) - math.log(2)            # sum m log m (sum of 2m is 2)
