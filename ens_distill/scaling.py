@@ -17,10 +17,11 @@ from .runs import atomic_write, is_finished, run_name, run_path, run_record, see
 from .packed import STUDENT_SIZES, student_config
 
 # %% auto #0
-__all__ = ['SWEEP_K', 'BUDGETS', 'CONFIG_KEYS', 'member_params', 'tokens_for', 'sweep_points', 'read_run', 'fake_run',
+__all__ = ['SWEEP_K', 'BUDGETS', 'CONFIG_KEYS', 'LAWS', 'member_params', 'tokens_for', 'sweep_points', 'read_run', 'fake_run',
            'sweep_dir', 'sweep_configs', 'is_done', 'run_sweep', 'teacher_vocab_size', 'save_sweep', 'load_sweeps',
-           'law_kn', 'law_k', 'PowerFit', 'fit_law_kn', 'fit_law_k', 'needed_K', 'needed_N', 'residuals', 'fit_sweep',
-           'fit_table', 'plot_scaling', 'scaling_figure']
+           'law_kn', 'law_neff', 'law_k', 'PowerFit', 'fit_law_kn', 'fit_law_k', 'fit_law_neff', 'profile_ci',
+           'holdout_errors', 'compare_laws', 'fit_law', 'needed_K', 'needed_N', 'residuals', 'fit_sweep', 'fit_table',
+           'plot_scaling', 'scaling_figure']
 
 # %% ../nbs/70_scaling.ipynb #1ba63417
 SWEEP_K = [1, 2, 4, 8, 12]
@@ -187,6 +188,12 @@ def law_kn(K, N, E, A, a, B, b):
     "L(K, N) = E + A N^-a + B K^-b."
     return E + A * np.power(np.asarray(N, float), -a) + B * np.power(np.asarray(K, float), -b)
 
+def law_neff(K, N, E, A, a, c):
+    "L(K, N) = E + A (N (1 + c ln K))^-a: K members count as one member of N_eff = N (1 + c ln K) parameters."
+    return E + A * np.power(np.asarray(N, float) * (1 + c * np.log(np.asarray(K, float))), -a)
+
+LAWS = dict(KN=(law_kn, ('E', 'A', 'a', 'B', 'b')), Neff=(law_neff, ('E', 'A', 'a', 'c')))  # the L(K, N) forms: function, parameters
+
 def law_k(K, L_inf, b, c):
     "L(K) = L_inf + b K^-c."
     return L_inf + b * np.power(np.asarray(K, float), -c)
@@ -217,7 +224,7 @@ def _fit_terms(X:list, y:np.ndarray, start=None)->np.ndarray:
 @dataclass
 class PowerFit:
     "A fitted scaling law with optional bootstrap replicates."
-    kind:str # 'KN': L(K, N) = E + A N^-a + B K^-b; 'K': L(K) = L_inf + b K^-c
+    kind:str # 'KN': L(K, N) = E + A N^-a + B K^-b; 'Neff': E + A (N (1 + c ln K))^-a; 'K': L(K) = L_inf + b K^-c
     params:dict # fitted parameters (raw units)
     n:int # points fitted
     rmse:float # root mean squared residual
@@ -240,7 +247,7 @@ class PowerFit:
         return tuple(np.nanpercentile(preds, [(100 - level) / 2, (100 + level) / 2], axis=0))
 
 def _predict(kind, p, K, N):
-    return law_kn(K, 1. if N is None else N, *p) if kind == 'KN' else law_k(K, *p)
+    return LAWS[kind][0](K, 1. if N is None else N, *p) if kind in LAWS else law_k(K, *p)
 
 # %% ../nbs/70_scaling.ipynb #2e61dea0
 def _fit_kn_once(K, N, L)->list:
@@ -292,6 +299,104 @@ def fit_law_k(K, # members per point
     rmse = float(np.sqrt(np.mean((law_k(K, *p) - L) ** 2)))
     return PowerFit('K', dict(zip(['L_inf', 'b', 'c'], p)), len(L), rmse, _bootstrap(_fit_k_once, [K, L], n_boot, seed))
 
+# %% ../nbs/70_scaling.ipynb #79991447
+_BOUNDS = dict(KN=((-np.inf, -np.inf, 1e-3, -np.inf, 1e-3), (np.inf, np.inf, 5., np.inf, 5.)),
+               Neff=((-np.inf, -np.inf, 1e-3, 0.), (np.inf, np.inf, 5., 1e3)))   # exponents in (0, 5], c >= 0
+
+def _nls(kind:str, K, Nn, L, p0, fixed:dict|None=None)->tuple:
+    "Least squares of law `kind` on (K, N/N0, L) from `p0`, holding the parameters named in `fixed`: (parameters, SSE)."
+    fn, names = LAWS[kind]; lo, hi = (np.array(b) for b in _BOUNDS[kind]); p = np.array(p0, float)
+    for k, v in (fixed or {}).items(): p[names.index(k)] = v
+    free = np.array([k not in (fixed or {}) for k in names])
+    def r(q): x = p.copy(); x[free] = q; return fn(K, Nn, *x) - L
+    q = least_squares(r, np.clip(p[free], lo[free] + 1e-9, hi[free] - 1e-9), bounds=(lo[free], hi[free]), x_scale='jac').x
+    p[free] = q
+    return p, float((r(q) ** 2).sum())
+
+# %% ../nbs/70_scaling.ipynb #04ff3f1b
+def _neff_start(K, Nn, L)->list:
+    "E, A, a, c from a grid over a and c, E and A by batched least squares."
+    best = (np.inf, None)
+    for c in (0., .1, .3, 1., 3., 10.):
+        x = Nn * (1 + c * np.log(K))
+        D = np.stack([np.ones((len(_EXP_GRID), len(L))), x[None] ** -_EXP_GRID[:, None]], -1)   # [G, n, 2]
+        coef = np.linalg.pinv(D) @ L                                                           # [G, 2]
+        sse = (((D @ coef[..., None])[..., 0] - L) ** 2).sum(1); i = int(np.nanargmin(sse))
+        if sse[i] < best[0]: best = (sse[i], [coef[i, 0], coef[i, 1], _EXP_GRID[i], c])
+    return best[1]
+
+def _fit_neff_once(K, N, L)->list:
+    "E, A, a, c of L = E + A (N (1 + c ln K))^-a (A in raw units of N)."
+    N0 = float(np.exp(np.mean(np.log(N)))); Nn = N / N0
+    p, _ = _nls('Neff', K, Nn, L, _neff_start(K, Nn, L))
+    return [p[0], p[1] * N0 ** p[2], p[2], p[3]]
+
+def fit_law_neff(K, # members per point
+                 N, # parameters per member per point
+                 L, # loss (test CE, nats) per point
+                 n_boot:int=200, seed:int=0)->PowerFit:
+    "Fit L(K, N) = E + A (N (1 + c ln K))^-a by nonlinear least squares, with bootstrap replicates."
+    K, N, L = (np.asarray(v, float) for v in (K, N, L))
+    if len(L) < 5: raise EnsDistillError(f"fit_law_neff: need at least 5 points, got {len(L)}; run more sweep points")
+    p = _fit_neff_once(K, N, L)
+    rmse = float(np.sqrt(np.mean((law_neff(K, N, *p) - L) ** 2)))
+    return PowerFit('Neff', dict(zip(LAWS['Neff'][1], p)), len(L), rmse, _bootstrap(_fit_neff_once, [K, N, L], n_boot, seed))
+
+_FIT_ONCE = dict(KN=_fit_kn_once, Neff=_fit_neff_once)
+
+# %% ../nbs/70_scaling.ipynb #5dd11d78
+def profile_ci(kind:str, # 'KN' or 'Neff'
+               K, N, L, # the points the law is fitted to
+               param:str, # the parameter to profile (e.g. 'a', 'b', 'c')
+               level:float=.95, grow:float=1.25, max_steps:int=60)->tuple:
+    "Profile-likelihood interval (lo, hi) of one parameter of an L(K, N) law; an unbounded end is its limit (0 or inf)."
+    from scipy.stats import f as f_dist
+    from scipy.optimize import brentq
+    K, N, L = (np.asarray(v, float) for v in (K, N, L)); names = LAWS[kind][1]; j = names.index(param)
+    N0 = float(np.exp(np.mean(np.log(N)))); Nn = N / N0
+    p0 = np.array(_FIT_ONCE[kind](K, N, L)); p0[1] /= N0 ** p0[2]                       # A back to normalised units
+    p0, sse0 = _nls(kind, K, Nn, L, p0); n, dof = len(L), len(L) - len(names)
+    if dof < 1: raise EnsDistillError(f"profile_ci: {n} points for {len(names)} parameters; run more sweep points")
+    crit = n * np.log1p(f_dist.ppf(level, 1, dof) / dof)      # the small-sample (F) calibration of n ln(SSE/SSE_min)
+    def dev(v, start): p, s = _nls(kind, K, Nn, L, start, {param: v}); return n * np.log(max(s, 1e-300) / max(sse0, 1e-300)), p
+    ends, step0 = [], .02 * max(abs(p0[j]), .05)
+    for sgn, bound in ((-1, _BOUNDS[kind][0][j]), (1, _BOUNDS[kind][1][j])):
+        prev, start, end, step = p0[j], p0, (0. if sgn < 0 else np.inf), step0
+        for _ in range(max_steps):
+            v = float(np.clip(prev + sgn * step, bound, None) if sgn < 0 else np.clip(prev + sgn * step, None, bound))
+            d, p = dev(v, start)
+            if d > crit: end = brentq(lambda x: dev(x, start)[0] - crit, min(prev, v), max(prev, v), xtol=1e-5); break
+            if v == bound: end = bound if sgn < 0 else np.inf; break
+            prev, start, step = v, p, step * grow
+        ends.append(float(end))
+    return tuple(ends)
+
+# %% ../nbs/70_scaling.ipynb #e75e168d
+def holdout_errors(kind:str, K, N, L)->pd.DataFrame:
+    "Leave one (K, N) point out, refit law `kind` on the rest and predict it: one row per point (error = predicted - observed)."
+    K, N, L = (np.asarray(v, float) for v in (K, N, L)); rows = []
+    for k, n in sorted(set(zip(K, N))):
+        m = (K == k) & (N == n)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore'); p = _FIT_ONCE[kind](K[~m], N[~m], L[~m])
+        pred, obs = float(LAWS[kind][0](k, n, *p)), float(L[m].mean())
+        rows.append(dict(law=kind, K=int(k), N=n, observed=obs, predicted=pred, error=pred - obs))
+    return pd.DataFrame(rows)
+
+def compare_laws(K, N, L, kinds=('KN', 'Neff'))->pd.DataFrame:
+    "Each L(K, N) form: parameters, points, in-sample RMSE and leave-one-point-out RMSE and worst error (nats)."
+    rows = []
+    for kind in kinds:
+        f, h = fit_law(kind, K, N, L, n_boot=0), holdout_errors(kind, K, N, L)
+        rows.append(dict(law=kind, params=len(LAWS[kind][1]), n=f.n, rmse=f.rmse, holdout_rmse=float(np.sqrt((h.error ** 2).mean())),
+                         holdout_max=float(h.error.abs().max())))
+    return pd.DataFrame(rows).set_index('law')
+
+def fit_law(kind:str, K, N, L, n_boot:int=200, seed:int=0)->PowerFit:
+    "Fit the L(K, N) form `kind` ('KN' or 'Neff')."
+    if kind not in LAWS: raise EnsDistillError(f"unknown law {kind!r}; choose one of {list(LAWS)}")
+    return (fit_law_kn if kind == 'KN' else fit_law_neff)(K, N, L, n_boot, seed)
+
 # %% ../nbs/70_scaling.ipynb #1acd5871
 def needed_K(fit:PowerFit, target:float, N:float|None=None)->float:
     "Members needed to reach loss `target` (at member size N for an L(K, N) fit); inf when unreachable."
@@ -316,9 +421,10 @@ def residuals(fit:PowerFit, K, L, N=None)->np.ndarray:
 def fit_sweep(df:pd.DataFrame, # sweep table (`run_sweep` / `load_sweeps`)
               y:str='test_ce', # loss column to fit
               n_boot:int=200, seed:int=0)->dict:
-    "{'KN': L(K, N) fit or None, 'K': {size: L(K) fit}} for a sweep table."
+    "{'KN': L(K, N) fit or None, 'Neff': the N_eff form or None, 'K': {size: L(K) fit}} for a sweep table."
     d = df.dropna(subset=[y, 'K', 'N'])
-    out = dict(KN=fit_law_kn(d.K, d.N, d[y], n_boot, seed) if len(d) >= 5 else None, K={})
+    out = dict(KN=fit_law_kn(d.K, d.N, d[y], n_boot, seed) if len(d) >= 5 else None, K={},
+               Neff=fit_law_neff(d.K, d.N, d[y], n_boot, seed) if len(d) >= 5 and d.N.nunique() > 1 and d.K.nunique() > 1 else None)
     for sz, g in d.groupby('size', sort=False):
         if len(g) >= 3 and g.K.nunique() >= 2: out['K'][sz] = fit_law_k(g.K, g[y], n_boot, seed)
     return out
@@ -326,7 +432,7 @@ def fit_sweep(df:pd.DataFrame, # sweep table (`run_sweep` / `load_sweeps`)
 def fit_table(fits:dict, level:float=95)->pd.DataFrame:
     "Fitted parameters with bootstrap intervals, one row per law."
     rows = []
-    for name, f in [('L(K,N)', fits.get('KN'))] + [(f'L(K) {s}', f) for s, f in fits.get('K', {}).items()]:
+    for name, f in [('L(K,N)', fits.get('KN')), ('L(K,N) N_eff', fits.get('Neff'))] + [(f'L(K) {s}', f) for s, f in fits.get('K', {}).items()]:
         if f is None: continue
         ci = f.ci(level)
         rows.append(dict(law=name, n=f.n, rmse=f.rmse, **{k: f'{v:.4g} [{ci[k][0]:.3g}, {ci[k][1]:.3g}]' for k, v in f.params.items()}))
@@ -347,7 +453,8 @@ def _curve(fit, x:str, g:pd.DataFrame, dense:bool):
         N = xs = np.geomspace(g.N.min() * .8, g.N.max() * 1.25, 60) if dense else g.N.values
         K = np.full_like(N, K0, dtype=float)
     else: K, N, xs = g.K.values.astype(float), g.N.values.astype(float), g[x].values
-    return xs, fit(K, N if fit.kind == 'KN' else None), *fit.band(K, N if fit.kind == 'KN' else None)
+    two = fit.kind in LAWS
+    return xs, fit(K, N if two else None), *fit.band(K, N if two else None)
 
 # %% ../nbs/70_scaling.ipynb #50dcefdc
 def plot_scaling(df:pd.DataFrame, # sweep table (one row per run)
@@ -363,7 +470,7 @@ def plot_scaling(df:pd.DataFrame, # sweep table (one row per run)
     hue = hue or ('size' if x == 'K' else 'K'); tf = fit_transform or (lambda v: v)
     by = [hue, 'K', 'size'] if hue not in ('K', 'size') else ['K', 'size']
     agg = seed_stats(df.dropna(subset=[y]), by, [y], _EXTRA).rename(columns={f'{y}_mean': 'mean', f'{y}_sd': 'sd'})
-    order = list(STUDENT_SIZES) if hue == 'size' else sorted(agg[hue].unique())
+    order = sorted(agg[hue].unique(), key=lambda h: (agg.loc[agg[hue] == h, 'N'].mean() if 'N' in agg else 0, str(h))) if hue == 'size' else sorted(agg[hue].unique())   # sizes by parameters
     span = (agg['mean'].min() / 2, agg['mean'].max() * 2)              # bands are clipped to the data's range: a wide one never flattens the points
     for i, h in enumerate([h for h in order if h in set(agg[hue])]):
         g = agg[agg[hue] == h].sort_values(x); c = f'C{i}'

@@ -12,18 +12,26 @@ stages (default: refs pair controls; then methods, objectives):
 - methods: every other ensemble method at K=4 (bagging; c-BTM with uniform, tf-idf and learned routing; boosting top-q
         10% and 25% and weighted; NCL at lambda 0, 0.5 and 1; synthetic teacher data; `offset` layer subsets as the
         source of diversity), `raw` and the teacher finetuned with the ensemble's budget (`teacher_ft`);
-- objectives: reverse KL, JSD and skew KL for `independent` and `single` (forward KL is the pair's objective).
+- objectives: reverse KL, JSD and skew KL for `independent` and `single` (forward KL is the pair's objective);
+- scaling: `independent` at K in {1, 2, 4, 8} x member sizes p2/p4/p8/p16 (f672, g2; N 3.5M to 28M non-embedding
+        parameters) at the members' tokens, cheapest first, except the held-out point (K=8, p16f672g2); then the
+        iso-FLOP slice: the K=4 ensemble's total tokens split over K in {1, 2, 8} members of the preset's size;
+- predict: fits both L(K, N) forms to the scaling grid and writes `<out>/scaling/prediction.json` (never overwritten):
+        the held-out point's test CE, predicted before it runs;
+- heldout: runs the held-out point (refused until the prediction exists);
+- fit: the sweep tables (`<out>/sweeps/*.csv`), both forms' parameters with bootstrap and profile-likelihood 95%
+        intervals, their leave-one-point-out errors, the prediction's error, and the figure, in `<out>/scaling/`.
 
 Every run is one papermill execution of `nbs/run_method.ipynb` for one seed, written to `<out>/<run>.ipynb`
 next to the run directory `<out>/<run>/` (the report renders each as a page). A finished run (metrics.json) is skipped; a killed one resumes from its
 last checkpoint. `--tokens` sets the members' budget; a budget other than the preset's goes to its own folder
 (`reports/study2-<N/1000>k`) under the name a preset run would have, so run names never mix budgets.
 """
-import argparse, json, subprocess, sys, time
+import argparse, json, math, subprocess, sys, time
 from pathlib import Path
 
-from ens_distill.core import get_config
-from ens_distill.runs import is_finished, run_name, run_path
+from ens_distill.core import EnsDistillError, get_config, project_path
+from ens_distill.runs import atomic_write, is_finished, run_name, run_path
 
 REFS = [('teacher', dict(K=1)), ('bigram', dict(K=1)), ('unigram', dict(K=1))]
 PAIR = [('independent', {}), ('single_large', {})]
@@ -35,6 +43,10 @@ METHODS = [('bagging', {}), ('cbtm', dict(routing='uniform')), ('cbtm', dict(rou
            ('teacher_ft', dict(K=1))]   # the two that spend teacher compute last
 OBJECTIVES = [(m, o) for m in ('independent', 'single') for o in (dict(objective='rkl'), dict(objective='jsd'), dict(objective='skl'))]
 STAGES = dict(refs=REFS, pair=PAIR, controls=CONTROLS, methods=METHODS, objectives=OBJECTIVES)
+SCALE_K = [1, 2, 4, 8]
+SCALE_SIZES = dict(study=['p2f672g2', 'p4f672g2', 'p8f672g2', 'p16f672g2'])   # other presets: ['tiny', 'xs'] (seconds, for checks)
+ISO_K = [1, 2, 8]   # the iso-FLOP slice (K=4 at the members' tokens is the grid's, and the pair's, run)
+STEPS = ['scaling', 'predict', 'heldout', 'fit']
 ONE_SEED = {'refs'}
 NB_PARAMS = {'K', 'size', 'objective', 'alpha', 'tau', 'routing'}  # run_method.ipynb's own parameters (the rest go in `extra`)
 
@@ -69,14 +81,125 @@ def run_one(method:str, seed:int, tokens:int, extra:dict, preset:str='study'):
     print(f'   done in {time.time() - t:.0f} s', flush=True)
 
 
+def scale_sizes(preset:str)->list: return SCALE_SIZES.get(preset, ['tiny', 'xs'])
+def held_out(preset:str)->tuple: return (SCALE_K[-1], scale_sizes(preset)[-1])   # the costliest corner: an extrapolation in K and N
+
+
+def grid_points(preset:str)->list:
+    "(K, size) of the scaling grid without the held-out point, cheapest first (cost ~ K x (N + head))."
+    order = {s: i for i, s in enumerate(scale_sizes(preset))}
+    pts = [(K, sz) for sz in scale_sizes(preset) for K in SCALE_K if (K, sz) != held_out(preset)]
+    return sorted(pts, key=lambda p: (p[0] * (order[p[1]] + 4), p[0]))
+
+
+def iso_points(tokens:int, preset:str)->list:
+    "(K, tokens per member) of the iso-FLOP slice: the K=4 ensemble's 4 x `tokens` split over K members."
+    return [(K, 4 * tokens // K) for K in ISO_K] + [(4, tokens)]
+
+
+def scale_run(K:int, size:str, seed:int, tokens:int, preset:str)->Path:
+    return run_path(run_config('independent', seed, tokens, dict(K=K, size=size), preset))
+
+
+def scaling_tables(tokens:int, seeds:list, preset:str)->dict:
+    "The finished runs of the grid (held-out point included when done) and of the iso-FLOP slice, as sweep tables."
+    from ens_distill.scaling import read_run
+    import pandas as pd
+    size = get_config(preset).size
+    runs = dict(per_member=[(scale_run(K, sz, s, tokens, preset), tokens) for K, sz in grid_points(preset) + [held_out(preset)] for s in seeds],
+                total_flops=[(scale_run(K, size, s, t, preset), 4 * tokens) for K, t in iso_points(tokens, preset) for s in seeds])
+    out = {}
+    for mode, rs in runs.items():
+        rows = [dict(read_run(p), budget=b, budget_mode=mode) for p, b in rs if is_finished(p)]
+        out[mode] = pd.DataFrame(rows)
+    return out
+
+
+def predict(tokens:int, seeds:list, preset:str, n_boot:int=500)->dict:
+    "Fit both L(K, N) forms to the grid without the held-out point; write its predicted test CE once (never overwritten)."
+    from ens_distill.scaling import LAWS, compare_laws, fit_law
+    f = project_path(out_dir(tokens, preset))/'scaling'/'prediction.json'
+    if f.exists(): print(f'== {f}: the prediction exists, kept'); return json.loads(f.read_text())
+    t = scaling_tables(tokens, seeds, preset)['per_member']
+    K0, sz0 = held_out(preset)
+    if len(t) < len(grid_points(preset)) * len(seeds): raise EnsDistillError(f"predict: {len(t)} of {len(grid_points(preset)) * len(seeds)} grid runs finished; run the scaling stage first")
+    if not (t['size'] == sz0).any(): raise EnsDistillError(f"predict: no grid run of size {sz0} finished; run the scaling stage first")
+    N0 = float(t[t['size'] == sz0].N.iloc[0])   # the held-out size's parameters, from its runs at smaller K
+    cmp = compare_laws(t.K, t.N, t.test_ce)
+    pred = {}
+    for kind in LAWS:
+        fit = fit_law(kind, t.K, t.N, t.test_ce, n_boot=n_boot)
+        lo, hi = fit.band(K0, N0)
+        pred[kind] = dict(test_ce=float(fit(K0, N0)), ci95=[float(lo), float(hi)], test_ppl=math.exp(float(fit(K0, N0))), params=fit.params,
+                          holdout_rmse_on_grid=float(cmp.loc[kind, 'holdout_rmse']))
+    rec = dict(point=dict(K=K0, size=sz0, N=N0, tokens_per_member=tokens), seeds=seeds, fitted_on=len(t), predictions=pred,
+               primary=min(pred, key=lambda k: pred[k]['holdout_rmse_on_grid']),   # the form with the smaller held-out error on the grid
+               made_at=time.strftime('%Y-%m-%d %H:%M:%S'), commit=_commit())
+    atomic_write(f, rec); print(f'== prediction for K={K0} {sz0}: ' + ', '.join(f"{k} {v['test_ce']:.4f} nats" for k, v in pred.items()))
+    return rec
+
+
+def _commit()->str:
+    r = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True, cwd=project_path('.'))
+    return r.stdout.strip()
+
+
+def fit(tokens:int, seeds:list, preset:str, n_boot:int=500)->dict:
+    "Sweep tables, both forms with bootstrap and profile-likelihood CIs, held-out errors, the prediction's error, the figure."
+    from ens_distill.scaling import LAWS, compare_laws, fit_law, fit_law_k, profile_ci, scaling_figure
+    root = project_path(out_dir(tokens, preset)); d = root/'scaling'; d.mkdir(parents=True, exist_ok=True)
+    tabs = scaling_tables(tokens, seeds, preset); (root/'sweeps').mkdir(exist_ok=True)
+    for mode, t in tabs.items(): atomic_write(root/'sweeps'/f'independent-{mode}.csv', t.to_csv(index=False))
+    t = tabs['per_member']
+    if len(t) < 6: raise EnsDistillError(f"fit: {len(t)} grid runs finished; run the scaling stage first")
+    cmp = compare_laws(t.K, t.N, t.test_ce)
+    laws = {}
+    for kind, (_, names) in LAWS.items():
+        f = fit_law(kind, t.K, t.N, t.test_ce, n_boot=n_boot); ci = f.ci()
+        laws[kind] = dict(params=f.params, rmse=f.rmse, n=f.n, bootstrap_ci95={k: list(ci[k]) for k in names},
+                          profile_ci95={k: list(profile_ci(kind, t.K, t.N, t.test_ce, k)) for k in names if k not in ('E', 'A', 'B')},
+                          holdout_rmse=float(cmp.loc[kind, 'holdout_rmse']), holdout_max=float(cmp.loc[kind, 'holdout_max']))
+    per_size = {sz: fit_law_k(g.K, g.test_ce, n_boot=n_boot).params for sz, g in t.groupby('size') if g.K.nunique() >= 3}
+    out = dict(laws=laws, per_size_K_law=per_size, points=len(t), seeds=seeds, tokens_per_member=tokens)
+    pf = d/'prediction.json'
+    K0, sz0 = held_out(preset); h = t[(t.K == K0) & (t['size'] == sz0)]
+    if pf.exists() and len(h):
+        pr = json.loads(pf.read_text()); obs = float(h.test_ce.mean())
+        out['prediction'] = dict(point=pr['point'], observed_ce=obs, made_at=pr['made_at'], primary=pr['primary'],
+                                 **{k: dict(predicted_ce=v['test_ce'], ci95=v['ci95'], error=v['test_ce'] - obs,
+                                            inside_ci=v['ci95'][0] <= obs <= v['ci95'][1]) for k, v in pr['predictions'].items()})
+    iso = tabs['total_flops']
+    if len(iso): out['iso_flops'] = iso[['K', 'tokens_per_member', 'test_ce', 'test_ppl', 'train_flops']].sort_values('K').to_dict('records')
+    atomic_write(d/'fit.json', out)
+    fig = scaling_figure(t, dict(KN=fit_law('KN', t.K, t.N, t.test_ce, n_boot=n_boot)), title=f'independent: K x member size at {tokens // 1000}k tokens per member')
+    fig.savefig(d/'scaling.png', dpi=110); print(f'== {d}/fit.json, scaling.png')
+    return out
+
+
+def run_step(step:str, seeds:list, tokens:int, preset:str):
+    "The scaling stages (see the module docstring)."
+    if step == 'scaling':
+        for s in seeds:
+            for K, sz in grid_points(preset): run_one('independent', s, tokens, dict(K=K, size=sz), preset)
+            for K, t in iso_points(tokens, preset)[:-1]: run_one('independent', s, t, dict(K=K), preset)
+    elif step == 'predict': predict(tokens, seeds, preset)
+    elif step == 'heldout':
+        if not (project_path(out_dir(tokens, preset))/'scaling'/'prediction.json').exists():
+            raise EnsDistillError("heldout: no prediction.json yet; run the `predict` stage first (the point is predicted before it runs)")
+        K0, sz0 = held_out(preset)
+        for s in seeds: run_one('independent', s, tokens, dict(K=K0, size=sz0), preset)
+    else: fit(tokens, seeds, preset)
+
+
 if __name__ == '__main__':
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    p.add_argument('stages', nargs='*', default=['refs', 'pair', 'controls'], choices=list(STAGES))
+    p.add_argument('stages', nargs='*', default=['refs', 'pair', 'controls'], choices=list(STAGES) + STEPS)
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--tokens', type=int, default=0, help="tokens per member (0: the preset's)")
     p.add_argument('--preset', default='study', help='`smoke` checks the script in seconds')
     a = p.parse_args()
     tokens = a.tokens or get_config(a.preset).tokens_per_member
     for stage in a.stages:
+        if stage in STEPS: run_step(stage, a.seeds, tokens, a.preset); continue
         for seed in a.seeds[:1] if stage in ONE_SEED else a.seeds:
             for method, extra in STAGES[stage]: run_one(method, seed, tokens, extra, a.preset)

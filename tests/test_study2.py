@@ -12,3 +12,31 @@ def test_run_config_names_seed_and_budget():
     assert p[0].parent.name == 'runs-1k' and p[0].name == 'independent-K2-tiny-s0'   # the folder spells the budget
     own = run_path(study2.run_config('teacher', 0, study2.get_config('smoke').tokens_per_member, {'K': 1}, 'smoke'))
     assert own.parent.name == 'runs' and own.name == 'teacher-K1-tiny-s0'
+
+
+def test_scaling_predicts_the_held_out_point_before_it_runs(tmp_path, monkeypatch):
+    "Fake grid runs from a known L(K, N): predict refuses an unfinished grid, heldout refuses before the prediction, fit scores it."
+    import json, numpy as np, pytest
+    from ens_distill.core import EnsDistillError
+    from ens_distill.scaling import fake_run, law_kn, member_params
+    monkeypatch.setattr(study2, 'out_dir', lambda tokens, preset='study': str(tmp_path/f'runs-{tokens}'))
+    tokens, law = 1000, dict(E=2.0, A=40., a=.3, B=.5, b=.6)
+    def fake(K, size, t=tokens):
+        p = study2.scale_run(K, size, 0, t, 'smoke'); N = member_params(size, 384)
+        fake_run(p.parent, K=K, size=size, test_ce=float(law_kn(K, N, **law)) + .002 * np.sin(K + N), name=p.name)
+    with pytest.raises(EnsDistillError, match='scaling stage first'): study2.predict(tokens, [0], 'smoke', n_boot=10)
+    for K, sz in study2.grid_points('smoke'): fake(K, sz)
+    with pytest.raises(EnsDistillError, match='predict` stage first'): study2.run_step('heldout', [0], tokens, 'smoke')
+    pred = study2.predict(tokens, [0], 'smoke', n_boot=20)
+    K0, sz0 = study2.held_out('smoke'); truth = float(law_kn(K0, member_params(sz0, 384), **law))
+    assert (K0, sz0) == (8, 'xs') and (K0, sz0) not in study2.grid_points('smoke')
+    assert abs(pred['predictions']['KN']['test_ce'] - truth) < .02, pred
+    f = tmp_path/f'runs-{tokens}'/'scaling'/'prediction.json'; before = f.read_text()
+    study2.predict(tokens, [0], 'smoke', n_boot=20); assert f.read_text() == before           # never overwritten
+    fake(K0, sz0)
+    for K, t in study2.iso_points(tokens, 'smoke')[:-1]: fake(K, 'tiny', t)
+    out = study2.fit(tokens, [0], 'smoke', n_boot=20)
+    assert abs(out['prediction']['KN']['error']) < .02 and set(out['laws']) == {'KN', 'Neff'}
+    lo, hi = out['laws']['KN']['profile_ci95']['b']; assert lo < law['b'] < hi
+    assert len(out['iso_flops']) == 4 and (tmp_path/f'runs-{tokens}'/'sweeps'/'independent-per_member.csv').exists()
+    assert (tmp_path/f'runs-{tokens}'/'scaling'/'scaling.png').exists()
