@@ -130,7 +130,7 @@ def cache_path(cache_dir, # `cfg.cache_dir` (None: `default_cache_dir()`; `~` is
 # %% ../nbs/05_runs.ipynb #d0a1b2ce
 NOT_IN_NAME = {'out_dir', 'run_name', 'cache_dir', 'data_dir', 'seeds', 'eval_batch_size', 'log_every', 'ckpt_every', 'device',
                'dev_curve', 'dev_curve_blocks', 'eval_tasks', 'eval_limit', 'preset', 'report_to', 'compile'}  # settings that leave a run's result as it is (compile: last digits)
-_SPELLED = {'method', 'K', 'size', 'seed', 'routing', 'boost_mode', 'boost_q', 'ncl_lambda', 'objective', 'alpha', 'tau'}
+_SPELLED = {'method', 'K', 'size', 'seed', 'routing', 'boost_mode', 'boost_q', 'ncl_lambda', 'objective', 'alpha', 'tau', 'alpha_schedule'}
 
 def settings_hash(cfg:RunConfig)->str:
     "8 hex digits naming the result-changing settings that differ from `cfg.preset`'s and a name does not spell out ('': none)."
@@ -150,6 +150,7 @@ def run_variant(cfg:RunConfig)->str:
     if cfg.objective != d.objective: parts.append(cfg.objective)
     if cfg.alpha != d.alpha: parts.append(f'a{cfg.alpha:g}')
     if cfg.tau != d.tau: parts.append(f't{cfg.tau:g}')
+    if cfg.alpha_schedule != d.alpha_schedule: parts.append(cfg.alpha_schedule)
     if h := settings_hash(cfg): parts.append(f'h{h}')
     return ''.join(f'-{p}' for p in parts)
 

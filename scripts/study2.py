@@ -13,6 +13,9 @@ stages (default: refs pair controls; then methods, objectives):
         10% and 25% and weighted; NCL at lambda 0, 0.5 and 1; synthetic teacher data; `offset` layer subsets as the
         source of diversity), `raw` and the teacher finetuned with the ensemble's budget (`teacher_ft`);
 - objectives: reverse KL, JSD and skew KL for `independent` and `single` (forward KL is the pair's objective);
+- grid: `single` over alpha in {0, 0.5, 1} x tau in {1, 2} (`nbs/run_grid.ipynb`, chosen on dev perplexity, written to
+        `<out>/grid-single-K4-<size>.json`; not recorded as `tau_choice.json`, so no other run changes), the alpha
+        schedules KD->CE and CE->KD for `single`, and the chosen (alpha, tau) pair applied, as a pair, to `independent`;
 - scaling: `independent` at K in {1, 2, 4, 8} x member sizes p2/p4/p8/p16 (f672, g2; N 3.5M to 28M non-embedding
         parameters) at the members' tokens, cheapest first, except the held-out point (K=8, p16f672g2); then the
         iso-FLOP slice: the K=4 ensemble's total tokens split over K in {1, 2, 8} members of the preset's size;
@@ -46,7 +49,8 @@ STAGES = dict(refs=REFS, pair=PAIR, controls=CONTROLS, methods=METHODS, objectiv
 SCALE_K = [1, 2, 4, 8]
 SCALE_SIZES = dict(study=['p2f672g2', 'p4f672g2', 'p8f672g2', 'p16f672g2'])   # other presets: ['tiny', 'xs'] (seconds, for checks)
 ISO_K = [1, 2, 8]   # the iso-FLOP slice (K=4 at the members' tokens is the grid's, and the pair's, run)
-STEPS = ['scaling', 'predict', 'heldout', 'fit']
+STEPS = ['grid', 'scaling', 'predict', 'heldout', 'fit']
+SCHEDULES = [('single', dict(alpha_schedule='ramp_kd_ce')), ('single', dict(alpha_schedule='ramp_ce_kd'))]
 ONE_SEED = {'refs'}
 NB_PARAMS = {'K', 'size', 'objective', 'alpha', 'tau', 'routing'}  # run_method.ipynb's own parameters (the rest go in `extra`)
 
@@ -176,9 +180,27 @@ def fit(tokens:int, seeds:list, preset:str, n_boot:int=500)->dict:
     return out
 
 
+def grid(seed:int, tokens:int, preset:str, method:str='single'):
+    "alpha x tau for `method` on dev perplexity (finished points reused), the alpha schedules, the chosen pair on `independent`."
+    out = out_dir(tokens, preset); size = get_config(preset).size
+    res = project_path(out)/f'grid-{method}-K{get_config(preset).K}-{size}.json'
+    nb = project_path(out)/f'grid-{method}-s{seed}.ipynb'; nb.parent.mkdir(parents=True, exist_ok=True)
+    if not res.exists() or json.loads(res.read_text()).get('seed', seed) != seed:
+        print(f"== {nb} {time.strftime('%T')}", flush=True)
+        subprocess.run([sys.executable, '-m', 'papermill', 'nbs/run_grid.ipynb', str(nb), '-k', 'python3', '--log-level', 'WARNING',
+                        '-p', 'preset', preset, '-p', 'method', method, '-p', 'seed', str(seed), '-p', 'out_dir', out, '-p', 'record', 'False',
+                        '-p', 'name_budget', 'True', '-y', 'extra: ' + json.dumps(dict(tokens_per_member=tokens))], check=True)
+    for m, extra in SCHEDULES: run_one(m, seed, tokens, extra, preset)
+    choice = json.loads(res.read_text()); a, t = choice['alpha'], choice['tau']
+    print(f'== chosen on dev perplexity: alpha {a:g}, tau {t:g}', flush=True)
+    if (a, t) != (1., 1.): run_one('independent', seed, tokens, dict(alpha=a, tau=t), preset)
+
+
 def run_step(step:str, seeds:list, tokens:int, preset:str):
-    "The scaling stages (see the module docstring)."
-    if step == 'scaling':
+    "The grid and scaling stages (see the module docstring)."
+    if step == 'grid':
+        for s in seeds: grid(s, tokens, preset)
+    elif step == 'scaling':
         for s in seeds:
             for K, sz in grid_points(preset): run_one('independent', s, tokens, dict(K=K, size=sz), preset)
             for K, t in iso_points(tokens, preset)[:-1]: run_one('independent', s, t, dict(K=K), preset)

@@ -40,3 +40,10 @@ def test_scaling_predicts_the_held_out_point_before_it_runs(tmp_path, monkeypatc
     lo, hi = out['laws']['KN']['profile_ci95']['b']; assert lo < law['b'] < hi
     assert len(out['iso_flops']) == 4 and (tmp_path/f'runs-{tokens}'/'sweeps'/'independent-per_member.csv').exists()
     assert (tmp_path/f'runs-{tokens}'/'scaling'/'scaling.png').exists()
+
+
+def test_grid_and_schedule_runs_are_named_by_their_settings():
+    "Schedules and grid points spell their settings, not a hash, in the budget's folder."
+    assert run_path(study2.run_config('single', 0, 1024, dict(alpha_schedule='ramp_kd_ce'), 'smoke')).name == 'single-ramp_kd_ce-K2-tiny-s0'
+    assert run_path(study2.run_config('independent', 0, 1024, dict(alpha=.5, tau=2.), 'smoke')).name == 'independent-a0.5-t2-K2-tiny-s0'
+    assert 'grid' in study2.STEPS and study2.STEPS.index('grid') < study2.STEPS.index('scaling')
