@@ -132,10 +132,15 @@ NOT_IN_NAME = {'out_dir', 'run_name', 'cache_dir', 'data_dir', 'seeds', 'eval_ba
                'dev_curve', 'dev_curve_blocks', 'eval_tasks', 'eval_limit', 'preset', 'report_to', 'compile'}  # settings that leave a run's result as it is (compile: last digits)
 _SPELLED = {'method', 'K', 'size', 'seed', 'routing', 'boost_mode', 'boost_q', 'ncl_lambda', 'objective', 'alpha', 'tau', 'alpha_schedule'}
 
+def _pruned(size:str)->bool:
+    "True for a pruned member size (`p<L>[f<F>][g<G>]`)."
+    from ens_distill.prune import prune_depth
+    return bool(prune_depth(size))
+
 def settings_hash(cfg:RunConfig)->str:
     "8 hex digits naming the result-changing settings that differ from `cfg.preset`'s and a name does not spell out ('': none)."
     a, b = asdict(cfg), asdict(validate(RunConfig(**PRESETS.get(cfg.preset, {}))))
-    skip = NOT_IN_NAME | _SPELLED | ({'n_clusters'} if cfg.method == 'cbtm' else set())   # c-BTM: n_clusters is K
+    skip = NOT_IN_NAME | _SPELLED | ({'n_clusters'} if cfg.method == 'cbtm' else set()) | ({'prune_layers'} if _pruned(cfg.size) else set())   # c-BTM: n_clusters is K
     diff = {k: a[k] for k in sorted(a) if k not in skip and a[k] != b[k]}
     return fingerprint(diff)[:8] if diff else ''
 
@@ -151,6 +156,7 @@ def run_variant(cfg:RunConfig)->str:
     if cfg.alpha != d.alpha: parts.append(f'a{cfg.alpha:g}')
     if cfg.tau != d.tau: parts.append(f't{cfg.tau:g}')
     if cfg.alpha_schedule != d.alpha_schedule: parts.append(cfg.alpha_schedule)
+    if cfg.prune_layers != PRESETS.get(cfg.preset, {}).get('prune_layers', d.prune_layers) and _pruned(cfg.size): parts.append(cfg.prune_layers)   # layer choice of pruned members
     if h := settings_hash(cfg): parts.append(f'h{h}')
     return ''.join(f'-{p}' for p in parts)
 
