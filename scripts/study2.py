@@ -22,6 +22,11 @@ stages (default: refs pair controls; then methods, objectives):
 - predict: fits both L(K, N) forms to the scaling grid and writes `<out>/scaling/prediction.json` (never overwritten):
         the held-out point's test CE, predicted before it runs;
 - heldout: runs the held-out point (refused until the prediction exists);
+- summary: `<out>/comparisons.md` (and `.json`): every entry of the folder (runs grouped over seeds) with test and
+        training-domain perplexity, training and inference cost, and its test CE difference against `independent` (K=4,
+        the preset's size) with a 95% CI from a paired bootstrap over test documents and shared seeds, and a verdict;
+        then headline-task accuracy with 95% CIs for the entries scored on tasks. Every README number of the study comes
+        from it;
 - fit: the sweep tables (`<out>/sweeps/*.csv`), both forms' parameters with bootstrap and profile-likelihood 95%
         intervals, their leave-one-point-out errors, the prediction's error, and the figure, in `<out>/scaling/`.
 
@@ -49,7 +54,7 @@ STAGES = dict(refs=REFS, pair=PAIR, controls=CONTROLS, methods=METHODS, objectiv
 SCALE_K = [1, 2, 4, 8]
 SCALE_SIZES = dict(study=['p2f672g2', 'p4f672g2', 'p8f672g2', 'p16f672g2'])   # other presets: ['tiny', 'xs'] (seconds, for checks)
 ISO_K = [1, 2, 8]   # the iso-FLOP slice (K=4 at the members' tokens is the grid's, and the pair's, run)
-STEPS = ['grid', 'scaling', 'predict', 'heldout', 'fit']
+STEPS = ['grid', 'scaling', 'predict', 'heldout', 'fit', 'summary']
 SCHEDULES = [('single', dict(alpha_schedule='ramp_kd_ce')), ('single', dict(alpha_schedule='ramp_ce_kd'))]
 ONE_SEED = {'refs'}
 NB_PARAMS = {'K', 'size', 'objective', 'alpha', 'tau', 'routing'}  # run_method.ipynb's own parameters (the rest go in `extra`)
@@ -196,6 +201,60 @@ def grid(seed:int, tokens:int, preset:str, method:str='single'):
     if (a, t) != (1., 1.): run_one('independent', seed, tokens, dict(alpha=a, tau=t), preset)
 
 
+def _fmt(v, d=3)->str: return 'n/a' if v is None or (isinstance(v, float) and not math.isfinite(v)) else f'{v:.{d}g}'
+
+
+def summary(tokens:int, preset:str)->list:
+    "Every entry of the budget's folder against `independent` (test CE with paired CIs) and its task accuracies: comparisons.md/.json."
+    import numpy as np
+    from ens_distill.report import collect_runs, _blocks
+    from ens_distill.runs import entry_name
+    from ens_distill.stats import paired_bootstrap, verdict
+    from ens_distill.lmeval import HEADLINE_TASKS, task_items, task_summary
+    root = project_path(out_dir(tokens, preset)); cfg = get_config(preset)
+    df = collect_runs(root)
+    if df.empty: raise EnsDistillError(f"summary: no finished runs under {root}")
+    df = df[[Path(p).parent == root for p in df.path]].assign(entry=lambda d: d.run.map(entry_name))
+    ref = f'independent-K{cfg.K}-{cfg.size}'
+    blocks = {e: {int(r.seed): _blocks(r.path) for r in g.itertuples()} for e, g in df.groupby('entry')}
+    rows = []
+    for e, g in df.groupby('entry'):
+        row = dict(entry=e, seeds=sorted(int(s) for s in g.seed), test_ppl=float(g.test_ppl.mean()), test_ppl_sd=float(g.test_ppl.std(ddof=1)) if len(g) > 1 else 0.,
+                   in_domain_ppl=float(g.in_domain_ppl.mean()) if 'in_domain_ppl' in g else None,
+                   train_flops=float(g.train_flops.mean()), inference_flops_per_token=float(g.get('inference_flops_per_token', g.train_flops * 0).mean()),
+                   train_s=float(g.train_seconds.mean()) if 'train_seconds' in g else None)
+        common = sorted(s for s in blocks[e] if s in blocks.get(ref, {}) and blocks[e][s] is not None and blocks[ref][s] is not None)
+        if e != ref and common and all(np.array_equal(blocks[e][s]['n'], blocks[ref][s]['n']) for s in common):
+            r = paired_bootstrap(np.stack([blocks[e][s]['nll'] for s in common]), np.stack([blocks[ref][s]['nll'] for s in common]),
+                                 blocks[ref][common[0]]['n'], blocks[ref][common[0]]['doc'])
+            row.update(vs_independent=dict(diff=r['diff'], lo=r['lo'], hi=r['hi'], seeds=common, docs=r['n_groups'], verdict=verdict(r, 'lower')))
+        items = [task_items(p) for p in g.path]
+        tasks = {}
+        for t in HEADLINE_TASKS:
+            recs = [i[t] for i in items if t in i]
+            if recs: ts = task_summary(recs); tasks[t] = dict(acc=ts['acc'], lo=ts['acc_lo'], hi=ts['acc_hi'], n=ts['n'], seeds=len(recs))
+        if tasks: row['tasks'] = tasks
+        rows.append(row)
+    rows.sort(key=lambda r: r['test_ppl'])
+    atomic_write(root/'comparisons.json', rows)
+    md = [f'# {root.name}: every entry against `{ref}`', '', 'Regenerate: `python scripts/study2.py summary --tokens {}`. CE difference: entry - {}, nats/token, 95% CI from a paired bootstrap over test documents and the seeds both have; verdict for "the entry is better".'.format(tokens, ref), '',
+          '| entry | seeds | test ppl | training domains | train FLOPs | inference FLOPs/token | train s | CE diff vs independent [95% CI] | verdict |', '|---|---|---|---|---|---|---|---|---|']
+    for r in rows:
+        v = r.get('vs_independent')
+        ci = f"{v['diff']:+.4f} [{v['lo']:+.4f}, {v['hi']:+.4f}] ({len(v['seeds'])} seed(s), {v['docs']} docs)" if v else ('reference' if r['entry'] == ref else 'n/a (no shared per-block data)')
+        sd = f" ± {r['test_ppl_sd']:.2f}" if len(r['seeds']) > 1 else ''
+        md.append(f"| {r['entry']} | {','.join(map(str, r['seeds']))} | {r['test_ppl']:.2f}{sd} | {_fmt(r['in_domain_ppl'], 4)} | {_fmt(r['train_flops'])} | "
+                  f"{_fmt(r['inference_flops_per_token'])} | {_fmt(r['train_s'], 3)} | {ci} | {v['verdict'] if v else ''} |")
+    scored = [r for r in rows if r.get('tasks')]
+    if scored:
+        md += ['', '## Headline tasks (accuracy, 95% bootstrap CI over items)', '', '| entry | ' + ' | '.join(HEADLINE_TASKS) + ' |', '|---|' + '---|' * len(HEADLINE_TASKS)]
+        for r in scored:
+            md.append(f"| {r['entry']} | " + ' | '.join(f"{r['tasks'][t]['acc']:.3f} [{r['tasks'][t]['lo']:.3f}, {r['tasks'][t]['hi']:.3f}]" if t in r['tasks'] else 'n/a (not scored)'
+                                                  for t in HEADLINE_TASKS) + ' |')
+    atomic_write(root/'comparisons.md', '\n'.join(md) + '\n'); print(f'== {root}/comparisons.md: {len(rows)} entries')
+    return rows
+
+
 def run_step(step:str, seeds:list, tokens:int, preset:str):
     "The grid and scaling stages (see the module docstring)."
     if step == 'grid':
@@ -210,6 +269,7 @@ def run_step(step:str, seeds:list, tokens:int, preset:str):
             raise EnsDistillError("heldout: no prediction.json yet; run the `predict` stage first (the point is predicted before it runs)")
         K0, sz0 = held_out(preset)
         for s in seeds: run_one('independent', s, tokens, dict(K=K0, size=sz0), preset)
+    elif step == 'summary': summary(tokens, preset)
     else: fit(tokens, seeds, preset)
 
 
