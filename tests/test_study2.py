@@ -47,3 +47,16 @@ def test_grid_and_schedule_runs_are_named_by_their_settings():
     assert run_path(study2.run_config('single', 0, 1024, dict(alpha_schedule='ramp_kd_ce'), 'smoke')).name == 'single-ramp_kd_ce-K2-tiny-s0'
     assert run_path(study2.run_config('independent', 0, 1024, dict(alpha=.5, tau=2.), 'smoke')).name == 'independent-a0.5-t2-K2-tiny-s0'
     assert 'grid' in study2.STEPS and study2.STEPS.index('grid') < study2.STEPS.index('scaling')
+
+
+def test_summary_compares_every_entry_with_independent(tmp_path, monkeypatch):
+    "Fake runs: an entry 0.1 nats better than independent reads supported with a CI around -0.1; the reference has none."
+    from ens_distill.scaling import fake_run
+    monkeypatch.setattr(study2, 'out_dir', lambda tokens, preset='study': str(tmp_path/'runs'))
+    for s in (0, 1):
+        fake_run(tmp_path/'runs', 'independent', K=2, seed=s, test_ce=3.0)
+        fake_run(tmp_path/'runs', 'bagging', K=2, seed=s, test_ce=2.9)
+    rows = {r['entry']: r for r in study2.summary(1024, 'smoke')}
+    b = rows['bagging-K2-tiny']['vs_independent']
+    assert b['verdict'] == 'supported' and b['lo'] < -.05 and b['hi'] < 0 and b['seeds'] == [0, 1], b
+    assert 'vs_independent' not in rows['independent-K2-tiny'] and (tmp_path/'runs'/'comparisons.md').read_text().count('| bagging') == 1
