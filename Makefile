@@ -20,7 +20,7 @@ comma := ,
 JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
 RUNENV := $(if $(JEMALLOC),LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=retain:true$(comma)dirty_decay_ms:-1$(comma)muzzy_decay_ms:-1,)
 
-.PHONY: setup demo lab prepare test export bench report scaling study
+.PHONY: setup demo lab prepare test export bench report report2 scaling study
 
 setup: $(STAMP)
 
@@ -53,6 +53,12 @@ export: setup
 # the published site: the study's runs (reports/study) and sweeps (reports/study-sweeps)
 report: setup
 	$(RUNENV) $(BIN)/ens-distill-publish --runs_dir reports/study --sweeps_dir reports/study-sweeps --site_dir reports/site
+
+# the second regime's site: reports/study2-250k (runs, comparisons, scaling sweeps, latency) -> reports/site-study2
+report2: setup
+	$(BIN)/python scripts/study2.py summary --tokens 250000
+	$(RUNENV) $(BIN)/ens-distill-publish --runs_dir reports/study2-250k --sweeps_dir reports/study2-250k/sweeps \
+	  --latency reports/study2-250k/latency.json --site_dir reports/site-study2 --executed_nb reports/report-study2.ipynb
 
 # the whole study (issue #8): every method x 3 seeds, grids, sweep, task suite, then the report (about 3 h on 2 cores)
 study: setup

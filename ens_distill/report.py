@@ -865,10 +865,11 @@ def publish_cli(runs_dir:str='reports/study', # executed run notebooks and run f
                 latency:str='reports/latency.json', # latency benchmark JSON (optional)
                 bench:str='reports/bench_packed.json', # packed vs loop benchmark JSON (optional)
                 no_execute:bool=False, # render the already executed report instead of running it again
+                executed_nb:str=None, # where the executed report goes (default: next to runs_dir, report.ipynb)
                 n_boot:int=200): # bootstrap refits for the scaling fits
     "Execute nbs/report.ipynb and publish it with every executed run notebook as HTML under site_dir."
     one_line_errors()
-    print(publish(runs_dir, site_dir, not no_execute, sweeps_dir, latency, bench, n_boot=n_boot))
+    print(publish(runs_dir, site_dir, not no_execute, sweeps_dir, latency, bench, executed_nb=executed_nb, n_boot=n_boot))
 
 # %% ../nbs/80_report.ipynb #a95e0021
 def _chromium()->str|None:
