@@ -60,3 +60,15 @@ def test_summary_compares_every_entry_with_independent(tmp_path, monkeypatch):
     b = rows['bagging-K2-tiny']['vs_independent']
     assert b['verdict'] == 'supported' and b['lo'] < -.05 and b['hi'] < 0 and b['seeds'] == [0, 1], b
     assert 'vs_independent' not in rows['independent-K2-tiny'] and (tmp_path/'runs'/'comparisons.md').read_text().count('| bagging') == 1
+
+
+def test_summary_one_seed_verdicts_respect_seed_noise(tmp_path, monkeypatch):
+    "With one shared seed, a difference inside the seed-to-seed spread of a recipe reads inconclusive even when its CI excludes 0."
+    from ens_distill.scaling import fake_run
+    monkeypatch.setattr(study2, 'out_dir', lambda tokens, preset='study': str(tmp_path/'runs'))
+    fake_run(tmp_path/'runs', 'independent', K=2, seed=0, test_ce=3.0); fake_run(tmp_path/'runs', 'independent', K=2, seed=1, test_ce=3.05)
+    fake_run(tmp_path/'runs', 'bagging', K=2, seed=0, test_ce=2.98); fake_run(tmp_path/'runs', 'ncl', K=2, seed=0, test_ce=2.8)
+    rows = {r['entry']: r['vs_independent'] for r in study2.summary(1024, 'smoke') if 'vs_independent' in r}
+    assert abs(rows['bagging-K2-tiny']['seed_noise'] - .05) < 1e-6
+    assert rows['bagging-K2-tiny']['ci_verdict'] == 'supported' and rows['bagging-K2-tiny']['verdict'] == 'inconclusive', rows
+    assert rows['ncl-K2-tiny']['verdict'] == 'supported'
