@@ -12,14 +12,14 @@ from fastcore.script import call_parse
 from .core import *
 from .runs import seed_stats, variant_of
 from .scaling import read_run
-from .stats import paired_bootstrap, verdict
+from .stats import paired_bootstrap, verdict, seed_spread
 
 # %% auto #0
 __all__ = ['GROUP_KEYS', 'QUESTIONS', 'SITE_CSS', 'SHOTS', 'collect_runs', 'seed_groups', 'task_names', 'leaderboard',
            'format_leaderboard', 'leaderboard_tables', 'routing_ablation', 'diversity_ablation', 'objective_grid',
            'calibration_table', 'domain_table', 'task_table', 'missing_methods', 'load_latency', 'paired_ce',
-           'win_ensemble_vs_matched', 'win_headline_pair', 'win_specialization', 'win_latency', 'win_conditions',
-           'win_table', 'entry_cis', 'plot_leaderboard', 'plot_pareto', 'task_cis', 'task_ci_table',
+           'seed_noise', 'win_ensemble_vs_matched', 'win_headline_pair', 'win_specialization', 'win_latency',
+           'win_conditions', 'win_table', 'entry_cis', 'plot_leaderboard', 'plot_pareto', 'task_cis', 'task_ci_table',
            'task_evidence_table', 'plot_tasks', 'plot_ablations', 'plot_reliability_grid', 'answers', 'render_html',
            'publish', 'publish_cli', 'open_page', 'check_site', 'screenshots']
 
@@ -236,7 +236,13 @@ def paired_ce(df:pd.DataFrame, a:dict, b:dict, n_boot:int=2000)->dict|None:
     if not seeds or any(len(pa[s]['n']) != len(pb[s]['n']) or not np.array_equal(pa[s]['n'], pb[s]['n']) for s in seeds): return None
     r = paired_bootstrap(np.stack([pa[s]['nll'] for s in seeds]), np.stack([pb[s]['nll'] for s in seeds]), pa[seeds[0]]['n'],
                          pa[seeds[0]]['doc'], n_boot=n_boot)
-    return {**r, 'verdict': verdict(r, 'lower')}
+    margin = seed_noise(df) if len(seeds) == 1 else 0.                 # one seed: the CI must also clear the seed-to-seed spread
+    return {**r, 'verdict': verdict(r, 'lower', margin), 'margin': margin}
+
+def seed_noise(df:pd.DataFrame)->float:
+    "Largest seed-to-seed spread of test CE among the entries of `df` run with several seeds (`stats.seed_spread`)."
+    if 'test_ce' not in df or 'seed' not in df: return 0.
+    return seed_spread([g.test_ce.dropna().values for _, g in df.groupby(_keys(df), dropna=False)])
 
 def _other(d:dict, sfx:str, keys)->dict:
     "The leaderboard entry on the right of a merged pair row (its columns carry `sfx`); K left free (single students run K=1)."
@@ -251,8 +257,9 @@ def _aggregate(vs:list)->str:
 def _ci_text(r:dict|None)->str:
     "'; CE difference -0.012 nats [-0.020, -0.004] over 3 seeds, 61 documents: supported' (or why there is none)."
     if r is None: return '; no per-block test data for a paired CI (runs before issue #17): inconclusive'
+    m = f" (one seed: the CI must clear the seed-to-seed spread, {r['margin']:.4f})" if r.get('margin') else ''
     return (f"; CE difference {r['diff']:+.4f} nats/token, 95% CI [{r['lo']:+.4f}, {r['hi']:+.4f}] over {r['n_seeds']} seed(s) and "
-            f"{r['n_groups']} test documents: {r['verdict']}")
+            f"{r['n_groups']} test documents: {r['verdict']}{m}")
 
 def _pairs(lb, a, b, on=('K', 'size')):
     "Rows of method a joined with the best row of method b at the same `on` keys."

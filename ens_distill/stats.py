@@ -9,7 +9,8 @@ import numpy as np
 from .core import *
 
 # %% auto #0
-__all__ = ['VERDICTS', 'paired_bootstrap', 'verdict', 'mcnemar', 'task_compare', 'mean_ci', 'ece', 'reliability', 'mean_sd']
+__all__ = ['VERDICTS', 'paired_bootstrap', 'verdict', 'seed_spread', 'mcnemar', 'task_compare', 'mean_ci', 'ece', 'reliability',
+           'mean_sd']
 
 # %% ../nbs/07_stats.ipynb #57a70007
 def _as2d(a)->np.ndarray:
@@ -50,11 +51,17 @@ def paired_bootstrap(x, # system A per unit [U] or per seed and unit [S,U] (e.g.
 VERDICTS = ('supported', 'contradicted', 'inconclusive')
 
 def verdict(ci:dict, # a `paired_bootstrap` result (A - B)
-            better:str='lower')->str: # 'lower' (losses) or 'higher' (accuracies): which sign of A - B favours A
-    "'supported' when the CI of A - B excludes 0 in A's favour, 'contradicted' when it excludes 0 against A, else 'inconclusive'."
+            better:str='lower', # 'lower' (losses) or 'higher' (accuracies): which sign of A - B favours A
+            margin:float=0.)->str: # the CI must clear +-margin, not just 0 (e.g. `seed_spread` when one seed leaves training noise out)
+    "'supported' when the CI of A - B clears 0 (by `margin`) in A's favour, 'contradicted' when it does against A, else 'inconclusive'."
     if better not in ('lower', 'higher'): raise EnsDistillError(f"verdict: better must be 'lower' or 'higher', got {better!r}")
     lo, hi = (ci['lo'], ci['hi']) if better == 'lower' else (-ci['hi'], -ci['lo'])
-    return 'supported' if hi < 0 else 'contradicted' if lo > 0 else 'inconclusive'
+    return 'supported' if hi < -margin else 'contradicted' if lo > margin else 'inconclusive'
+
+def seed_spread(groups)->float: # {recipe: [a metric per seed]} or an iterable of such lists
+    "The largest max - min of a metric over the seeds of one recipe (0 without a recipe run twice): the training noise one seed leaves out."
+    vals = groups.values() if isinstance(groups, dict) else groups
+    return max([float(np.max(v) - np.min(v)) for v in map(np.asarray, vals) if v.size > 1] or [0.])
 
 # %% ../nbs/07_stats.ipynb #57a70010
 def mcnemar(a, # correctness of system A per item [U] (0/1)

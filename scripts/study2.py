@@ -209,7 +209,7 @@ def summary(tokens:int, preset:str)->list:
     import numpy as np
     from ens_distill.report import collect_runs, _blocks
     from ens_distill.runs import entry_name
-    from ens_distill.stats import paired_bootstrap, verdict
+    from ens_distill.stats import paired_bootstrap, seed_spread, verdict
     from ens_distill.lmeval import HEADLINE_TASKS, task_items, task_summary
     root = project_path(out_dir(tokens, preset)); cfg = get_config(preset)
     df = collect_runs(root)
@@ -217,7 +217,7 @@ def summary(tokens:int, preset:str)->list:
     df = df[[Path(p).parent == root for p in df.path]].assign(entry=lambda d: d.run.map(entry_name))
     ref = f'independent-K{cfg.K}-{cfg.size}'
     blocks = {e: {int(r.seed): _blocks(r.path) for r in g.itertuples()} for e, g in df.groupby('entry')}
-    noise = max([float(abs(g.test_ce.max() - g.test_ce.min())) for _, g in df.groupby('entry') if len(g) > 1] or [0.])   # seed-to-seed spread of one recipe
+    noise = seed_spread([g.test_ce.values for _, g in df.groupby('entry')])   # the training noise one seed leaves out
     rows = []
     for e, g in df.groupby('entry'):
         row = dict(entry=e, seeds=sorted(int(s) for s in g.seed), test_ppl=float(g.test_ppl.mean()), test_ppl_sd=float(g.test_ppl.std(ddof=1)) if len(g) > 1 else 0.,
@@ -228,8 +228,7 @@ def summary(tokens:int, preset:str)->list:
         if e != ref and common and all(np.array_equal(blocks[e][s]['n'], blocks[ref][s]['n']) for s in common):
             r = paired_bootstrap(np.stack([blocks[e][s]['nll'] for s in common]), np.stack([blocks[ref][s]['nll'] for s in common]),
                                  blocks[ref][common[0]]['n'], blocks[ref][common[0]]['doc'])
-            v = verdict(r, 'lower')
-            if len(common) == 1 and v != 'inconclusive' and min(abs(r['lo']), abs(r['hi'])) <= noise: v = 'inconclusive'   # within seed noise
+            v = verdict(r, 'lower', noise if len(common) == 1 else 0.)          # one seed: the CI must clear the seed spread
             row.update(vs_independent=dict(diff=r['diff'], lo=r['lo'], hi=r['hi'], seeds=common, docs=r['n_groups'], verdict=v,
                                            ci_verdict=verdict(r, 'lower'), seed_noise=noise))
         items = [task_items(p) for p in g.path]
