@@ -237,7 +237,7 @@ def paired_ce(df:pd.DataFrame, a:dict, b:dict, n_boot:int=2000)->dict|None:
     r = paired_bootstrap(np.stack([pa[s]['nll'] for s in seeds]), np.stack([pb[s]['nll'] for s in seeds]), pa[seeds[0]]['n'],
                          pa[seeds[0]]['doc'], n_boot=n_boot)
     margin = seed_noise(df) if len(seeds) == 1 else 0.                 # one seed: the CI must also clear the seed-to-seed spread
-    return {**r, 'verdict': verdict(r, 'lower', margin), 'margin': margin}
+    return {**r, 'verdict': verdict(r, 'lower', margin), 'margin': margin, 'seeds': seeds}
 
 def seed_noise(df:pd.DataFrame)->float:
     "Largest seed-to-seed spread of test CE among the entries of `df` run with several seeds (`stats.seed_spread`)."

@@ -162,9 +162,9 @@ def fit(tokens:int, seeds:list, preset:str, n_boot:int=500)->dict:
     t = tabs['per_member']
     if len(t) < 6: raise EnsDistillError(f"fit: {len(t)} grid runs finished; run the scaling stage first")
     cmp = compare_laws(t.K, t.N, t.test_ce)
-    laws = {}
+    laws, fits = {}, {}
     for kind, (_, names) in LAWS.items():
-        f = fit_law(kind, t.K, t.N, t.test_ce, n_boot=n_boot); ci = f.ci()
+        f = fits[kind] = fit_law(kind, t.K, t.N, t.test_ce, n_boot=n_boot); ci = f.ci()
         laws[kind] = dict(params=f.params, rmse=f.rmse, n=f.n, bootstrap_ci95={k: list(ci[k]) for k in names},
                           profile_ci95={k: list(profile_ci(kind, t.K, t.N, t.test_ce, k)) for k in names if k not in ('E', 'A', 'B')},
                           holdout_rmse=float(cmp.loc[kind, 'holdout_rmse']), holdout_max=float(cmp.loc[kind, 'holdout_max']))
@@ -180,7 +180,7 @@ def fit(tokens:int, seeds:list, preset:str, n_boot:int=500)->dict:
     iso = tabs['total_flops']
     if len(iso): out['iso_flops'] = iso[['K', 'tokens_per_member', 'test_ce', 'test_ppl', 'train_flops']].sort_values('K').to_dict('records')
     atomic_write(d/'fit.json', out)
-    fig = scaling_figure(t, dict(KN=fit_law('KN', t.K, t.N, t.test_ce, n_boot=n_boot)), title=f'independent: K x member size at {tokens // 1000}k tokens per member')
+    fig = scaling_figure(t, dict(KN=fits['KN']), title=f'independent: K x member size at {tokens // 1000}k tokens per member')
     fig.savefig(d/'scaling.png', dpi=110); print(f'== {d}/fit.json, scaling.png')
     return out
 
@@ -190,7 +190,7 @@ def grid(seed:int, tokens:int, preset:str, method:str='single'):
     out = out_dir(tokens, preset); size = get_config(preset).size
     res = project_path(out)/f'grid-{method}-K{get_config(preset).K}-{size}.json'
     nb = project_path(out)/f'grid-{method}-s{seed}.ipynb'; nb.parent.mkdir(parents=True, exist_ok=True)
-    if not res.exists() or json.loads(res.read_text()).get('seed', seed) != seed:
+    if not res.exists():   # one grid per budget folder (its file names no seed): later seeds reuse the choice
         print(f"== {nb} {time.strftime('%T')}", flush=True)
         subprocess.run([sys.executable, '-m', 'papermill', 'nbs/run_grid.ipynb', str(nb), '-k', 'python3', '--log-level', 'WARNING',
                         '-p', 'preset', preset, '-p', 'method', method, '-p', 'seed', str(seed), '-p', 'out_dir', out, '-p', 'record', 'False',
@@ -206,31 +206,27 @@ def _fmt(v, d=3)->str: return 'n/a' if v is None or (isinstance(v, float) and no
 
 def summary(tokens:int, preset:str)->list:
     "Every entry of the budget's folder against `independent` (test CE with paired CIs) and its task accuracies: comparisons.md/.json."
-    import numpy as np
-    from ens_distill.report import collect_runs, _blocks
+    from ens_distill.report import _keys, collect_runs, paired_ce, seed_noise
     from ens_distill.runs import entry_name
-    from ens_distill.stats import paired_bootstrap, seed_spread, verdict
+    from ens_distill.stats import verdict
     from ens_distill.lmeval import HEADLINE_TASKS, task_items, task_summary
     root = project_path(out_dir(tokens, preset)); cfg = get_config(preset)
     df = collect_runs(root)
     if df.empty: raise EnsDistillError(f"summary: no finished runs under {root}")
     df = df[[Path(p).parent == root for p in df.path]].assign(entry=lambda d: d.run.map(entry_name))
     ref = f'independent-K{cfg.K}-{cfg.size}'
-    blocks = {e: {int(r.seed): _blocks(r.path) for r in g.itertuples()} for e, g in df.groupby('entry')}
-    noise = seed_spread([g.test_ce.values for _, g in df.groupby('entry')])   # the training noise one seed leaves out
+    key = lambda g: {k: g.iloc[0][k] for k in _keys(df)}                       # the entry as `report.paired_ce` selects it
+    ref_key = key(df[df.entry == ref]) if (df.entry == ref).any() else None
+    noise = seed_noise(df)                                                      # the training noise one seed leaves out
     rows = []
     for e, g in df.groupby('entry'):
         row = dict(entry=e, seeds=sorted(int(s) for s in g.seed), test_ppl=float(g.test_ppl.mean()), test_ppl_sd=float(g.test_ppl.std(ddof=1)) if len(g) > 1 else 0.,
                    in_domain_ppl=float(g.in_domain_ppl.mean()) if 'in_domain_ppl' in g else None,
                    train_flops=float(g.train_flops.mean()), inference_flops_per_token=float(g.get('inference_flops_per_token', g.train_flops * 0).mean()),
                    train_s=float(g.train_seconds.mean()) if 'train_seconds' in g else None)
-        common = sorted(s for s in blocks[e] if s in blocks.get(ref, {}) and blocks[e][s] is not None and blocks[ref][s] is not None)
-        if e != ref and common and all(np.array_equal(blocks[e][s]['n'], blocks[ref][s]['n']) for s in common):
-            r = paired_bootstrap(np.stack([blocks[e][s]['nll'] for s in common]), np.stack([blocks[ref][s]['nll'] for s in common]),
-                                 blocks[ref][common[0]]['n'], blocks[ref][common[0]]['doc'])
-            v = verdict(r, 'lower', noise if len(common) == 1 else 0.)          # one seed: the CI must clear the seed spread
-            row.update(vs_independent=dict(diff=r['diff'], lo=r['lo'], hi=r['hi'], seeds=common, docs=r['n_groups'], verdict=v,
-                                           ci_verdict=verdict(r, 'lower'), seed_noise=noise))
+        r = paired_ce(df, key(g), ref_key) if e != ref and ref_key else None     # one seed: its verdict must clear the seed spread
+        if r: row.update(vs_independent=dict(diff=r['diff'], lo=r['lo'], hi=r['hi'], seeds=r['seeds'], docs=r['n_groups'], verdict=r['verdict'],
+                                             ci_verdict=verdict(r, 'lower'), seed_noise=noise))
         items = [task_items(p) for p in g.path]
         tasks = {}
         for t in HEADLINE_TASKS:
