@@ -130,7 +130,7 @@ def cache_path(cache_dir, # `cfg.cache_dir` (None: `default_cache_dir()`; `~` is
 # %% ../nbs/05_runs.ipynb #d0a1b2ce
 NOT_IN_NAME = {'out_dir', 'run_name', 'cache_dir', 'data_dir', 'seeds', 'eval_batch_size', 'log_every', 'ckpt_every', 'device',
                'dev_curve', 'dev_curve_blocks', 'eval_tasks', 'eval_limit', 'preset', 'report_to', 'compile'}  # settings that leave a run's result as it is (compile: last digits)
-_SPELLED = {'method', 'K', 'size', 'seed', 'routing', 'boost_mode', 'boost_q', 'ncl_lambda', 'objective', 'alpha', 'tau', 'alpha_schedule'}
+_SPELLED = {'method', 'K', 'size', 'seed', 'routing', 'boost_mode', 'boost_q', 'ncl_lambda', 'synthetic_frac', 'objective', 'alpha', 'tau', 'alpha_schedule'}
 
 def _pruned(size:str)->bool:
     "True for a pruned member size (`p<L>[f<F>][g<G>]`)."
@@ -152,6 +152,7 @@ def run_variant(cfg:RunConfig)->str:
     if cfg.method == 'boosting' and (cfg.boost_mode, cfg.boost_q) != (d.boost_mode, d.boost_q):
         parts.append(f'{cfg.boost_mode}{cfg.boost_q:g}')
     if cfg.method == 'ncl' and cfg.ncl_lambda != d.ncl_lambda: parts.append(f'lam{cfg.ncl_lambda:g}')
+    if cfg.method == 'synthetic' and cfg.synthetic_frac != d.synthetic_frac: parts.append(f'mix{cfg.synthetic_frac:g}')   # synthetic share
     if cfg.objective != d.objective: parts.append(cfg.objective)
     if cfg.alpha != d.alpha: parts.append(f'a{cfg.alpha:g}')
     if cfg.tau != d.tau: parts.append(f't{cfg.tau:g}')

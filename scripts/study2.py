@@ -47,7 +47,7 @@ CONTROLS = [('single_matched', {}), ('single', {})]
 METHODS = [('bagging', {}), ('cbtm', dict(routing='uniform')), ('cbtm', dict(routing='tfidf')), ('cbtm', dict(routing='learned')),
            ('boosting', dict(boost_mode='topq', boost_q=0.1)), ('boosting', dict(boost_mode='topq', boost_q=0.25)),
            ('boosting', dict(boost_mode='weighted')), ('ncl', dict(ncl_lambda=0.)), ('ncl', dict(ncl_lambda=0.5)),
-           ('ncl', dict(ncl_lambda=1.)), ('independent', dict(prune_layers='offset')), ('raw', dict(K=1)), ('synthetic', {}),
+           ('ncl', dict(ncl_lambda=1.)), ('independent', dict(prune_layers='offset')), ('raw', dict(K=1)), ('synthetic', {}), ('synthetic', dict(synthetic_frac=.5)),
            ('teacher_ft', dict(K=1))]   # the two that spend teacher compute last
 OBJECTIVES = [(m, o) for m in ('independent', 'single') for o in (dict(objective='rkl'), dict(objective='jsd'), dict(objective='skl'))]
 STAGES = dict(refs=REFS, pair=PAIR, controls=CONTROLS, methods=METHODS, objectives=OBJECTIVES)
