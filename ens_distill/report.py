@@ -19,9 +19,9 @@ __all__ = ['GROUP_KEYS', 'QUESTIONS', 'SITE_CSS', 'SHOTS', 'collect_runs', 'seed
            'format_leaderboard', 'leaderboard_tables', 'routing_ablation', 'diversity_ablation', 'objective_grid',
            'calibration_table', 'domain_table', 'task_table', 'missing_methods', 'load_latency', 'paired_ce',
            'seed_noise', 'win_ensemble_vs_matched', 'win_headline_pair', 'win_specialization', 'win_latency',
-           'win_conditions', 'win_table', 'entry_cis', 'plot_leaderboard', 'plot_pareto', 'task_cis', 'task_ci_table',
-           'task_evidence_table', 'plot_tasks', 'plot_ablations', 'plot_reliability_grid', 'answers', 'render_html',
-           'publish', 'publish_cli', 'open_page', 'check_site', 'screenshots']
+           'win_conditions', 'win_table', 'entry_cis', 'plot_leaderboard', 'plot_pareto', 'rule_cis', 'task_cis',
+           'task_ci_table', 'task_evidence_table', 'plot_tasks', 'plot_ablations', 'plot_reliability_grid', 'answers',
+           'render_html', 'publish', 'publish_cli', 'open_page', 'check_site', 'screenshots']
 
 # %% ../nbs/80_report.ipynb #4e881a07
 def collect_runs(root='reports/runs')->pd.DataFrame:
@@ -473,6 +473,26 @@ def plot_pareto(lc:pd.DataFrame, ax=None):
     ax.set(xscale='log', yscale='log', xlabel='inference FLOPs per token (all members, forward)', ylabel='test perplexity')
     ax.legend(fontsize=8)
     return ax
+
+# %% ../nbs/80_report.ipynb #7593894d
+def rule_cis(df:pd.DataFrame, # `collect_runs` table
+             n_boot:int=2000)->pd.DataFrame:
+    "Each ensemble entry under every combination rule: test perplexity and CE difference against `mean` (paired over documents and seeds)."
+    rows = []
+    for _, g in df[df.K > 1].groupby(_keys(df), dropna=False) if 'path' in df and len(df) else []:
+        ev = [json.loads(f.read_text()).get('blocks') for f in (Path(p)/'eval.json' for p in g.path) if f.exists()]
+        bl = [b for b in ev if b and 'mean' in b['nll']]
+        if not bl or any(b['n'] != bl[0]['n'] for b in bl): continue
+        n, doc = np.asarray(bl[0]['n'], float), bl[0].get('doc')
+        rules = [r for r in bl[0]['nll'] if not r.startswith('member') and all(r in b['nll'] for b in bl)]
+        for rule in rules:
+            x = np.stack([b['nll'][rule] for b in bl])
+            row = dict(entry=_label(g.iloc[0].to_dict()), seeds=len(bl), rule=rule, test_ppl=math.exp(float((x.sum(1) / n.sum()).mean())))
+            if rule != 'mean':
+                r = paired_bootstrap(x, np.stack([b['nll']['mean'] for b in bl]), n, doc, n_boot=n_boot)
+                row.update(diff_vs_mean=r['diff'], lo=r['lo'], hi=r['hi'], verdict=verdict(r, 'lower'))
+            rows.append(row)
+    return pd.DataFrame(rows, columns=['entry', 'seeds', 'rule', 'test_ppl', 'diff_vs_mean', 'lo', 'hi', 'verdict'])
 
 # %% ../nbs/80_report.ipynb #279bffc9
 _TC_COLS = ['entry', 'task', 'interval', 'n', 'seeds', 'acc', 'acc_lo', 'acc_hi', 'chance', 'gold_ll', 'gold_ll_lo', 'gold_ll_hi',

@@ -206,7 +206,7 @@ def _fmt(v, d=3)->str: return 'n/a' if v is None or (isinstance(v, float) and no
 
 def summary(tokens:int, preset:str)->list:
     "Every entry of the budget's folder against `independent` (test CE with paired CIs) and its task accuracies: comparisons.md/.json."
-    from ens_distill.report import _keys, collect_runs, paired_ce, seed_noise
+    from ens_distill.report import _keys, collect_runs, paired_ce, rule_cis, seed_noise
     from ens_distill.runs import entry_name
     from ens_distill.stats import verdict
     from ens_distill.lmeval import HEADLINE_TASKS, task_items, task_summary
@@ -250,6 +250,12 @@ def summary(tokens:int, preset:str)->list:
         for r in scored:
             md.append(f"| {r['entry']} | " + ' | '.join(f"{r['tasks'][t]['acc']:.3f} [{r['tasks'][t]['lo']:.3f}, {r['tasks'][t]['hi']:.3f}]" if t in r['tasks'] else 'n/a (not scored)'
                                                   for t in HEADLINE_TASKS) + ' |')
+    rc = rule_cis(df)
+    if len(rc):
+        md += ['', '## Combination rules (CE difference against the probability mean of the same members, 95% CI over documents and seeds)', '',
+               '| entry | seeds | rule | test ppl | CE diff vs mean [95% CI] | verdict |', '|---|---|---|---|---|---|']
+        md += [f"| {r.entry} | {r.seeds} | {r.rule} | {r.test_ppl:.2f} | " + ('reference' if r.rule == 'mean' else f'{r.diff_vs_mean:+.4f} [{r.lo:+.4f}, {r.hi:+.4f}]')
+               + f" | {'' if r.rule == 'mean' else r.verdict} |" for r in rc.itertuples()]
     atomic_write(root/'comparisons.md', '\n'.join(md) + '\n'); print(f'== {root}/comparisons.md: {len(rows)} entries')
     return rows
 

@@ -59,7 +59,8 @@ def test_summary_compares_every_entry_with_independent(tmp_path, monkeypatch):
     rows = {r['entry']: r for r in study2.summary(1024, 'smoke')}
     b = rows['bagging-K2-tiny']['vs_independent']
     assert b['verdict'] == 'supported' and b['lo'] < -.05 and b['hi'] < 0 and b['seeds'] == [0, 1], b
-    assert 'vs_independent' not in rows['independent-K2-tiny'] and (tmp_path/'runs'/'comparisons.md').read_text().count('| bagging') == 1
+    assert 'vs_independent' not in rows['independent-K2-tiny'] and (tmp_path/'runs'/'comparisons.md').read_text().count('| bagging-K2') == 1
+    assert '| bagging K=2 tiny | 2 | mean |' in (tmp_path/'runs'/'comparisons.md').read_text()   # the combination-rules table
 
 
 def test_summary_one_seed_verdicts_respect_seed_noise(tmp_path, monkeypatch):
