@@ -22,8 +22,8 @@ from .prune import prune_depth, parse_cut, pruned_members, member_config
 # %% auto #0
 __all__ = ['METHODS', 'Context', 'build_members', 'fit_plan', 'Method', 'register', 'get_method', 'method_names', 'independent',
            'bagging', 'ncl', 'single', 'single_matched', 'size_params', 'ensemble_flops', 'flop_matched', 'large_size',
-           'single_large', 'raw', 'pack_teacher', 'frozen_teacher', 'teacher_ft', 'cbtm', 'block_scores', 'boost_plan',
-           'boosting', 'synthetic', 'CountLM', 'count_nll', 'unigram', 'bigram']
+           'single_large', 'raw', 'pack_teacher', 'frozen_teacher', 'teacher_ft', 'cbtm', 'BlockScorer', 'block_scores',
+           'boost_plan', 'boosting', 'synthetic', 'CountLM', 'count_nll', 'unigram', 'bigram']
 
 # %% ../nbs/50_methods.ipynb #20c7a0a6
 @dataclass
@@ -214,31 +214,39 @@ def cbtm(ctx:Context):
     return fit_plan(ctx, Plan([cluster_mix_indices(cl, k, c.cluster_in_frac, seed=c.seed*1013 + k) for k in range(c.K)]))
 
 # %% ../nbs/50_methods.ipynb #e6c767b5
-def _kl_blocks(ens:PackedEnsemble, tokens:torch.Tensor, cache, idx:torch.Tensor)->torch.Tensor:
-    "Mean per-token KL(teacher || mixture) of blocks `idx` [B] (last position excluded)."
-    dev = ens.embed.device
-    x = tokens[idx].to(dev); ids, lp, tl = (t.to(dev) for t in cache.get(idx))
-    B, T = x.shape
-    ids_f, lp_f, tl_f = ids.reshape(B*T, -1), lp.reshape(B*T, -1), tl.reshape(B*T)
-    kl = head_map(ens.hidden(x), ens.head_weight,
-                  lambda logq, sl: ensemble_kl(lp_f[sl], tl_f[sl], student_buckets(logq, ids_f[sl])), dim=0)
-    return kl.view(B, T)[:, :-1].mean(1)
-
-@torch.no_grad()
-def block_scores(ens:PackedEnsemble, # the current ensemble
-                 tokens:torch.Tensor, # blocks [N,T]
+class BlockScorer:
+    "Per-block KL(teacher || mixture of the members added so far); each `add` runs only the new members."
+    def __init__(self, tokens:torch.Tensor, # blocks [N,T]
                  cache, # their top-k cache
                  comm:Comm|None=None, # split the batches over ranks (None: one process)
-                 batch_size:int=16)->torch.Tensor:
-    "Mean per-token KL(teacher || mixture of the members) of every block [N] (last position excluded)."
-    N, world, rank = len(tokens), comm.world if comm else 1, comm.rank if comm else 0
-    nb = -(-N // batch_size)
-    cuts = [min(N, batch_size * (r * nb // world)) for r in range(world + 1)]   # whole batches per rank
-    out = [_kl_blocks(ens, tokens, cache, torch.arange(s, min(s + batch_size, cuts[rank + 1])))
-           for s in range(cuts[rank], cuts[rank + 1], batch_size)]
-    s = torch.cat(out) if out else torch.zeros(0, device=ens.embed.device)
-    if world == 1: return s.cpu()
-    return comm.all_gather(s.to(ens.embed.device), [b - a for a, b in zip(cuts, cuts[1:])], 'boost_scores').cpu()
+                 batch_size:int=16):
+        N, self.world, self.rank = len(tokens), comm.world if comm else 1, comm.rank if comm else 0
+        nb = -(-N // batch_size)
+        self.cuts = [min(N, batch_size * (r * nb // self.world)) for r in range(self.world + 1)]   # whole batches per rank
+        self.tokens, self.cache, self.comm, self.bs, self.K, self.acc = tokens, cache, comm, batch_size, 0, {}
+
+    def _batch(self, ens:PackedEnsemble, s:int)->torch.Tensor:
+        "Fold `ens` into batch `s`'s running log of summed member bucket probs; the batch's block scores [B]."
+        dev = ens.embed.device; idx = torch.arange(s, min(s + self.bs, self.cuts[self.rank + 1]))
+        x = self.tokens[idx].to(dev); ids, lp, tl = (t.to(dev) for t in self.cache.get(idx))
+        B, T = x.shape; ids_f = ids.reshape(B*T, -1)
+        q = head_map(ens.hidden(x), ens.head_weight, lambda logq, sl: student_buckets(logq, ids_f[sl]).logsumexp(0), dim=0)   # [B*T,k+1]
+        self.acc[s] = q if s not in self.acc else torch.logaddexp(self.acc[s], q)
+        mix = (self.acc[s] - math.log(self.K + ens.K))[None]                 # [1,B*T,k+1]: the mixture as one member
+        return ensemble_kl(lp.reshape(B*T, -1), tl.reshape(B*T), mix).view(B, T)[:, :-1].mean(1)
+
+    @torch.no_grad()
+    def add(self, ens:PackedEnsemble)->torch.Tensor:
+        "Add the members of `ens` to the mixture; mean per-token KL of every block [N] (last position excluded)."
+        out = [self._batch(ens, s) for s in range(self.cuts[self.rank], self.cuts[self.rank + 1], self.bs)]
+        self.K += ens.K
+        s = torch.cat(out) if out else torch.zeros(0, device=ens.embed.device)
+        if self.world == 1: return s.cpu()
+        return self.comm.all_gather(s.to(ens.embed.device), [b - a for a, b in zip(self.cuts, self.cuts[1:])], 'boost_scores').cpu()
+
+def block_scores(ens:PackedEnsemble, tokens:torch.Tensor, cache, comm:Comm|None=None, batch_size:int=16)->torch.Tensor:
+    "Mean per-token KL(teacher || mixture of the members of `ens`) of every block [N]: one `BlockScorer.add`."
+    return BlockScorer(tokens, cache, comm, batch_size).add(ens)
 
 # %% ../nbs/50_methods.ipynb #b99581e5
 def boost_plan(cfg:RunConfig, n:int, # the run's settings; training blocks
@@ -258,7 +266,7 @@ def _sum_rounds(summ:list, K:int)->dict:
 def boosting(ctx:Context):
     "Members trained in rounds on the examples the ensemble so far gets most wrong (top-q or KD-weighted)."
     c, comm, dev = ctx.cfg, ctx.comm, resolve_device(ctx.cfg.device)
-    parts, summ, scores = [], [], None
+    parts, summ, scores, scorer = [], [], None, BlockScorer(ctx.tokens, ctx.caches['train'], comm)
     for r in range(c.K):
         m = build_members(ctx, 1, c.seed * 1019 + r).to(dev)
         if comm.rank == r % comm.world:
@@ -268,9 +276,9 @@ def boosting(ctx:Context):
             for n, t in m.state_dict().items():
                 if n != 'embed' or not m.share_embedding: comm.broadcast(t, 'boost_weights', src=r % comm.world)
         parts.append(m.eval())
-        if r < c.K - 1: scores = block_scores(join_members(parts), ctx.tokens, ctx.caches['train'], comm)
+        if r < c.K - 1: scores = scorer.add(m)                       # KL to the mixture of members 0..r: runs member r only
     n, N, T = summ[0]['params_per_member'], len(ctx.tokens), ctx.tokens.shape[1]
-    scoring = sum(forward_flops(n * (r + 1), N * T) for r in range(c.K - 1))  # rounds 1..K-1 score every block first
+    scoring = (c.K - 1) * forward_flops(n, N * T)                    # members 0..K-2 each score every block once
     return join_members(parts).to(dev), add_overhead(_sum_rounds(summ, c.K), boost_scoring=scoring)
 
 # %% ../nbs/50_methods.ipynb #3ac9481c
