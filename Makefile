@@ -58,7 +58,8 @@ report: setup
 report2: setup
 	$(BIN)/python scripts/study2.py summary --tokens 250000
 	$(RUNENV) $(BIN)/ens-distill-publish --runs_dir reports/study2-250k --sweeps_dir reports/study2-250k/sweeps \
-	  --latency reports/study2-250k/latency.json --site_dir reports/site-study2 --executed_nb reports/report-study2.ipynb
+	  --latency reports/study2-250k/latency.json --site_dir reports/site-study2 --executed_nb reports/report-study2.ipynb \
+	  --record ../site/index.html
 
 # the whole study (issue #8): every method x 3 seeds, grids, sweep, task suite, then the report (about 3 h on 2 cores)
 study: setup

@@ -860,7 +860,8 @@ def publish(runs_dir='reports/study', # executed run notebooks (*.ipynb) and run
             report_nb=None, # the report notebook (default nbs/report.ipynb)
             executed_nb=None, # where the executed report goes (default: next to runs_dir, report.ipynb)
             n_boot:int=200, # bootstrap refits for the scaling fits
-            timeout:int=1800)->Path: # per-cell timeout (s)
+            timeout:int=1800, # per-cell timeout (s)
+            record:str|None=None)->Path: # an earlier study's index.html, relative to site_dir: linked from every page as its record
     "Execute the report notebook and render it and every run notebook to a self-contained HTML site; return index.html."
     runs_dir, site = Path(runs_dir), Path(site_dir)
     src = Path(report_nb) if report_nb else _find_report_nb()
@@ -874,11 +875,12 @@ def publish(runs_dir='reports/study', # executed run notebooks (*.ipynb) and run
     if not done.exists(): raise EnsDistillError(f"{done} does not exist; call publish with execute=True first")
     if site.exists(): shutil.rmtree(site)
     entries = [('Report', 'report.html', 'leaderboard, ablations, scaling, calibration/OOD, win conditions')]
-    nav = [('Report', 'report.html')]
+    nav = [('Report', 'report.html')] + ([('Earlier study (record)', record)] if record else [])
     site.mkdir(parents=True); (site/'style.css').write_text(SITE_CSS)
     render_html(done, site/'report.html', nav=nav)
     for nb in sorted(runs_dir.glob('*.ipynb')):
         render_html(nb, site/'runs'/f'{nb.stem}.html', depth=1, nav=nav); entries.append((nb.stem, f'runs/{nb.stem}.html', _run_note(nb)))
+    if record: entries.append(('Earlier study (record)', record, 'the study this one replaces, kept as the record of its regime'))
     (site/'index.html').write_text(_front(runs_dir, sweeps_dir, latency, bench, n_boot, entries, nav), encoding='utf-8')
     if not _chromium(): print('no screenshots: they need headless Chromium (Debian: apt-get install chromium)')
     elif 'Figure: Leaderboard' in (site/'report.html').read_text(): screenshots(site)
@@ -893,10 +895,11 @@ def publish_cli(runs_dir:str='reports/study', # executed run notebooks and run f
                 bench:str='reports/bench_packed.json', # packed vs loop benchmark JSON (optional)
                 no_execute:bool=False, # render the already executed report instead of running it again
                 executed_nb:str=None, # where the executed report goes (default: next to runs_dir, report.ipynb)
-                n_boot:int=200): # bootstrap refits for the scaling fits
+                n_boot:int=200, # bootstrap refits for the scaling fits
+                record:str=None): # an earlier study's index.html relative to site_dir, linked as its record
     "Execute nbs/report.ipynb and publish it with every executed run notebook as HTML under site_dir."
     one_line_errors()
-    print(publish(runs_dir, site_dir, not no_execute, sweeps_dir, latency, bench, executed_nb=executed_nb, n_boot=n_boot))
+    print(publish(runs_dir, site_dir, not no_execute, sweeps_dir, latency, bench, executed_nb=executed_nb, n_boot=n_boot, record=record))
 
 # %% ../nbs/80_report.ipynb #a95e0021
 def _chromium()->str|None:
@@ -997,7 +1000,8 @@ def _link_problems(page:Path, site:Path, r:dict)->list:
             if u.fragment and u.fragment not in r['ids']: out.append(f'anchor {h} not on the page')
             continue
         p = (page.parent/unquote(u.path)).resolve()
-        if not p.exists() or site not in (p, *p.parents): out.append(f'broken link {h}')
+        other_site = p.name == 'index.html' and (p.parent/'style.css').exists()   # another published site's front page (e.g. an earlier study)
+        if not p.exists() or (site not in (p, *p.parents) and not other_site): out.append(f'broken link {h}')
     return out
 
 # %% ../nbs/80_report.ipynb #a95e0025
