@@ -219,18 +219,22 @@ class BlockScorer:
     def __init__(self, tokens:torch.Tensor, # blocks [N,T]
                  cache, # their top-k cache
                  comm:Comm|None=None, # split the batches over ranks (None: one process)
-                 batch_size:int=16):
+                 batch_size:int=16,
+                 amp=None): # autocast dtype of the trunk and head matmuls (e.g. torch.bfloat16; None: fp32)
         N, self.world, self.rank = len(tokens), comm.world if comm else 1, comm.rank if comm else 0
         nb = -(-N // batch_size)
         self.cuts = [min(N, batch_size * (r * nb // self.world)) for r in range(self.world + 1)]   # whole batches per rank
-        self.tokens, self.cache, self.comm, self.bs, self.K, self.acc = tokens, cache, comm, batch_size, 0, {}
+        self.tokens, self.cache, self.comm, self.bs, self.amp, self.K, self.acc = tokens, cache, comm, batch_size, amp, 0, {}
 
     def _batch(self, ens:PackedEnsemble, s:int)->torch.Tensor:
         "Fold `ens` into batch `s`'s running log of summed member bucket probs; the batch's block scores [B]."
         dev = ens.embed.device; idx = torch.arange(s, min(s + self.bs, self.cuts[self.rank + 1]))
         x = self.tokens[idx].to(dev); ids, lp, tl = (t.to(dev) for t in self.cache.get(idx))
         B, T = x.shape; ids_f = ids.reshape(B*T, -1)
-        q = head_map(ens.hidden(x), ens.head_weight, lambda logq, sl: student_buckets(logq, ids_f[sl]).logsumexp(0), dim=0)   # [B*T,k+1]
+        V = ens.head_weight.shape[-2]
+        with torch.autocast(dev.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):   # as evaluation: big GEMMs, fp32 on slabs
+            q = head_map(ens.hidden(x), ens.head_weight, lambda logq, sl: student_buckets(logq, ids_f[sl]).logsumexp(0), chunk_size(ens.K, V, budget=2**27, lo=16),
+                         dim=0, slab=chunk_size(ens.K, V, budget=2**22, lo=1))   # [B*T,k+1]
         self.acc[s] = q if s not in self.acc else torch.logaddexp(self.acc[s], q)
         mix = (self.acc[s] - math.log(self.K + ens.K))[None]                 # [1,B*T,k+1]: the mixture as one member
         return ensemble_kl(lp.reshape(B*T, -1), tl.reshape(B*T), mix).view(B, T)[:, :-1].mean(1)
@@ -244,9 +248,9 @@ class BlockScorer:
         if self.world == 1: return s.cpu()
         return self.comm.all_gather(s.to(ens.embed.device), [b - a for a, b in zip(self.cuts, self.cuts[1:])], 'boost_scores').cpu()
 
-def block_scores(ens:PackedEnsemble, tokens:torch.Tensor, cache, comm:Comm|None=None, batch_size:int=16)->torch.Tensor:
+def block_scores(ens:PackedEnsemble, tokens:torch.Tensor, cache, comm:Comm|None=None, batch_size:int=16, amp=None)->torch.Tensor:
     "Mean per-token KL(teacher || mixture of the members of `ens`) of every block [N]: one `BlockScorer.add`."
-    return BlockScorer(tokens, cache, comm, batch_size).add(ens)
+    return BlockScorer(tokens, cache, comm, batch_size, amp).add(ens)
 
 # %% ../nbs/50_methods.ipynb #b99581e5
 def boost_plan(cfg:RunConfig, n:int, # the run's settings; training blocks
@@ -266,7 +270,7 @@ def _sum_rounds(summ:list, K:int)->dict:
 def boosting(ctx:Context):
     "Members trained in rounds on the examples the ensemble so far gets most wrong (top-q or KD-weighted)."
     c, comm, dev = ctx.cfg, ctx.comm, resolve_device(ctx.cfg.device)
-    parts, summ, scores, scorer = [], [], None, BlockScorer(ctx.tokens, ctx.caches['train'], comm)
+    parts, summ, scores, scorer = [], [], None, BlockScorer(ctx.tokens, ctx.caches['train'], comm, amp=autocast_dtype(c.dtype, dev))
     for r in range(c.K):
         m = build_members(ctx, 1, c.seed * 1019 + r).to(dev)
         if comm.rank == r % comm.world:
