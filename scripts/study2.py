@@ -12,10 +12,12 @@ stages (default: refs pair controls; then methods, objectives):
 - methods: every other ensemble method at K=4 (bagging; c-BTM with uniform, tf-idf and learned routing; boosting top-q
         10% and 25% and weighted; NCL at lambda 0, 0.5 and 1; synthetic teacher data; `offset` layer subsets as the
         source of diversity), `raw` and the teacher finetuned with the ensemble's budget (`teacher_ft`);
-- objectives: reverse KL, JSD and skew KL for `independent` and `single` (forward KL is the pair's objective);
+- objectives: reverse KL, JSD and skew KL for the best ensemble and for `single` (forward KL is the methods' objective).
+        The best ensemble is the K-member entry with the lowest seed-0 test perplexity once every method run of seed 0
+        has finished, chosen once and kept in `<out>/best_ensemble.json`;
 - grid: `single` over alpha in {0, 0.5, 1} x tau in {1, 2} (`nbs/run_grid.ipynb`, chosen on dev perplexity, written to
         `<out>/grid-single-K4-<size>.json`; not recorded as `tau_choice.json`, so no other run changes), the alpha
-        schedules KD->CE and CE->KD for `single`, and the chosen (alpha, tau) pair applied, as a pair, to `independent`;
+        schedules KD->CE and CE->KD for `single`, and the chosen (alpha, tau) pair applied, as a pair, to the best ensemble;
 - scaling: `independent` at K in {1, 2, 4, 8} x member sizes p2/p4/p8/p16 (f672, g2; N 3.5M to 28M non-embedding
         parameters) at the members' tokens, cheapest first, except the held-out point (K=8, p16f672g2); then the
         iso-FLOP slice: the K=4 ensemble's total tokens split over K in {1, 2, 8} members of the preset's size;
@@ -49,8 +51,8 @@ METHODS = [('bagging', {}), ('cbtm', dict(routing='uniform')), ('cbtm', dict(rou
            ('boosting', dict(boost_mode='weighted')), ('ncl', dict(ncl_lambda=0.)), ('ncl', dict(ncl_lambda=0.5)),
            ('ncl', dict(ncl_lambda=1.)), ('independent', dict(prune_layers='offset')), ('raw', dict(K=1)), ('synthetic', {}), ('synthetic', dict(synthetic_frac=.5)),
            ('teacher_ft', dict(K=1))]   # the two that spend teacher compute last
-OBJECTIVES = [(m, o) for m in ('independent', 'single') for o in (dict(objective='rkl'), dict(objective='jsd'), dict(objective='skl'))]
-STAGES = dict(refs=REFS, pair=PAIR, controls=CONTROLS, methods=METHODS, objectives=OBJECTIVES)
+OBJECTIVES = [dict(objective='rkl'), dict(objective='jsd'), dict(objective='skl')]   # for the best ensemble and `single` (`objective_runs`)
+STAGES = dict(refs=REFS, pair=PAIR, controls=CONTROLS, methods=METHODS, objectives=None)
 SCALE_K = [1, 2, 4, 8]
 SCALE_SIZES = dict(study=['p2f672g2', 'p4f672g2', 'p8f672g2', 'p16f672g2'])   # other presets: ['tiny', 'xs'] (seconds, for checks)
 ISO_K = [1, 2, 8]   # the iso-FLOP slice (K=4 at the members' tokens is the grid's, and the pair's, run)
@@ -88,6 +90,29 @@ def run_one(method:str, seed:int, tokens:int, extra:dict, preset:str='study'):
     if rest: cmd += ['-y', 'extra: ' + json.dumps(rest)]
     subprocess.run(cmd, check=True)
     print(f'   done in {time.time() - t:.0f} s', flush=True)
+
+
+def best_ensemble(tokens:int, preset:str)->tuple:
+    "(method, settings) of the K-member ensemble with the lowest seed-0 test perplexity among the pair's and `methods`' runs; chosen once, kept in best_ensemble.json."
+    f = project_path(out_dir(tokens, preset))/'best_ensemble.json'
+    if f.exists(): b = json.loads(f.read_text()); return b['method'], b['settings']
+    from ens_distill.methods import method_names
+    cands = [(m, x) for m, x in PAIR + METHODS if m in method_names(ensemble=True) and x.get('K', 2) > 1]
+    paths = {i: run_path(run_config(m, 0, tokens, x, preset)) for i, (m, x) in enumerate(cands)}
+    if missing := [p.name for p in paths.values() if not is_finished(p)]:
+        raise EnsDistillError(f"best ensemble: {len(missing)} method run(s) of seed 0 unfinished ({', '.join(missing[:3])}...); run the methods stage first")
+    ppl = {i: json.loads((p/'metrics.json').read_text())['test_ppl'] for i, p in paths.items()}
+    i = min(ppl, key=ppl.get); m, x = cands[i]
+    atomic_write(f, dict(method=m, settings=x, run=paths[i].name, test_ppl=ppl[i], candidates={paths[j].name: v for j, v in ppl.items()},
+                         chosen_by='seed-0 test perplexity', made_at=time.strftime('%Y-%m-%d %H:%M:%S'), commit=_commit()))
+    print(f'== best ensemble: {paths[i].name} ({ppl[i]:.2f})', flush=True)
+    return m, x
+
+
+def objective_runs(tokens:int, preset:str)->list:
+    "The objectives stage: reverse KL, JSD and skew KL for the best ensemble and for `single`."
+    m, x = best_ensemble(tokens, preset)
+    return [(m, {**x, **o}) for o in OBJECTIVES] + [('single', o) for o in OBJECTIVES]
 
 
 def scale_sizes(preset:str)->list: return SCALE_SIZES.get(preset, ['tiny', 'xs'])
@@ -186,7 +211,7 @@ def fit(tokens:int, seeds:list, preset:str, n_boot:int=500)->dict:
 
 
 def grid(seed:int, tokens:int, preset:str, method:str='single'):
-    "alpha x tau for `method` on dev perplexity (finished points reused), the alpha schedules, the chosen pair on `independent`."
+    "alpha x tau for `method` on dev perplexity (finished points reused), the alpha schedules, the chosen pair on the best ensemble."
     out = out_dir(tokens, preset); size = get_config(preset).size
     res = project_path(out)/f'grid-{method}-K{get_config(preset).K}-{size}.json'
     nb = project_path(out)/f'grid-{method}-s{seed}.ipynb'; nb.parent.mkdir(parents=True, exist_ok=True)
@@ -198,7 +223,8 @@ def grid(seed:int, tokens:int, preset:str, method:str='single'):
     for m, extra in SCHEDULES: run_one(m, seed, tokens, extra, preset)
     choice = json.loads(res.read_text()); a, t = choice['alpha'], choice['tau']
     print(f'== chosen on dev perplexity: alpha {a:g}, tau {t:g}', flush=True)
-    if (a, t) != (1., 1.): run_one('independent', seed, tokens, dict(alpha=a, tau=t), preset)
+    m, x = best_ensemble(tokens, preset)
+    if (a, t) != (1., 1.): run_one(m, seed, tokens, dict(x, alpha=a, tau=t), preset)   # the chosen pair, as a pair, on the best ensemble
 
 
 def _fmt(v, d=3)->str: return 'n/a' if v is None or (isinstance(v, float) and not math.isfinite(v)) else f'{v:.{d}g}'
@@ -289,4 +315,4 @@ if __name__ == '__main__':
     for stage in a.stages:
         if stage in STEPS: run_step(stage, a.seeds, tokens, a.preset); continue
         for seed in a.seeds[:1] if stage in ONE_SEED else a.seeds:
-            for method, extra in STAGES[stage]: run_one(method, seed, tokens, extra, a.preset)
+            for method, extra in objective_runs(tokens, a.preset) if stage == 'objectives' else STAGES[stage]: run_one(method, seed, tokens, extra, a.preset)

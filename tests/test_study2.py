@@ -73,3 +73,23 @@ def test_summary_one_seed_verdicts_respect_seed_noise(tmp_path, monkeypatch):
     assert abs(rows['bagging-K2-tiny']['seed_noise'] - .05) < 1e-6
     assert rows['bagging-K2-tiny']['ci_verdict'] == 'supported' and rows['bagging-K2-tiny']['verdict'] == 'inconclusive', rows
     assert rows['ncl-K2-tiny']['verdict'] == 'supported'
+
+
+def test_objectives_run_on_the_best_ensemble_chosen_once(tmp_path, monkeypatch):
+    "The objectives stage waits for every seed-0 method run, then picks the lowest test perplexity once and keeps it."
+    import json, pytest
+    from ens_distill.core import EnsDistillError
+    from ens_distill.methods import method_names
+    from ens_distill.scaling import fake_run
+    monkeypatch.setattr(study2, 'out_dir', lambda tokens, preset='study': str(tmp_path/'runs'))
+    ens = [(m, x) for m, x in study2.PAIR + study2.METHODS if m in method_names(ensemble=True) and x.get('K', 2) > 1]
+    paths = [run_path(study2.run_config(m, 0, 1024, x, 'smoke')) for m, x in ens]
+    for i, ((m, x), p) in enumerate(zip(ens, paths)):
+        if i: fake_run(p.parent, m, K=2, test_ce=3.0 - (.1 if (m, x) == ('ncl', dict(ncl_lambda=.5)) else 0), name=p.name)
+    with pytest.raises(EnsDistillError, match='methods stage first'): study2.objective_runs(1024, 'smoke')   # independent unfinished
+    fake_run(paths[0].parent, 'independent', K=2, test_ce=3.05, name=paths[0].name)
+    runs = study2.objective_runs(1024, 'smoke')
+    assert runs[:3] == [('ncl', dict(ncl_lambda=.5, objective=o)) for o in ('rkl', 'jsd', 'skl')] and runs[3] == ('single', dict(objective='rkl'))
+    fake_run(paths[0].parent, 'independent', K=2, test_ce=2.0, name=paths[0].name)   # a later change does not move the choice
+    assert study2.best_ensemble(1024, 'smoke') == ('ncl', dict(ncl_lambda=.5))
+    assert json.loads((tmp_path/'runs'/'best_ensemble.json').read_text())['chosen_by'] == 'seed-0 test perplexity'
