@@ -248,7 +248,8 @@ def summary(tokens:int, preset:str)->list:
     for e, g in df.groupby('entry'):
         row = dict(entry=e, seeds=sorted(int(s) for s in g.seed), test_ppl=float(g.test_ppl.mean()), test_ppl_sd=float(g.test_ppl.std(ddof=1)) if len(g) > 1 else 0.,
                    in_domain_ppl=float(g.in_domain_ppl.mean()) if 'in_domain_ppl' in g else None,
-                   train_flops=float(g.train_flops.mean()), inference_flops_per_token=float(g.get('inference_flops_per_token', g.train_flops * 0).mean()),
+                   train_flops=float(g.train_flops.mean()), overhead_flops=float(g.overhead_flops.fillna(0).mean()) if 'overhead_flops' in g else 0.,
+                   inference_flops_per_token=float(g.get('inference_flops_per_token', g.train_flops * 0).mean()),
                    train_s=float(g.train_seconds.mean()) if 'train_seconds' in g else None)
         r = paired_ce(df, key(g), ref_key) if e != ref and ref_key else None     # one seed: its verdict must clear the seed spread
         if r: row.update(vs_independent=dict(diff=r['diff'], lo=r['lo'], hi=r['hi'], seeds=r['seeds'], docs=r['n_groups'], verdict=r['verdict'],
@@ -262,13 +263,13 @@ def summary(tokens:int, preset:str)->list:
         rows.append(row)
     rows.sort(key=lambda r: r['test_ppl'])
     atomic_write(root/'comparisons.json', rows)
-    md = [f'# {root.name}: every entry against `{ref}`', '', 'Regenerate: `python scripts/study2.py summary --tokens {}`. CE difference: entry - {}, nats/token, 95% CI from a paired bootstrap over test documents and the seeds both have; verdict for "the entry is better". The bootstrap covers test documents, not training noise: with one shared seed a difference counts only when its whole CI clears the largest seed-to-seed spread of one recipe in this folder ({:.4f} nats), else it reads inconclusive.'.format(tokens, ref, noise), '',
-          '| entry | seeds | test ppl | training domains | train FLOPs | inference FLOPs/token | train s | CE diff vs independent [95% CI] | verdict |', '|---|---|---|---|---|---|---|---|---|']
+    md = [f'# {root.name}: every entry against `{ref}`', '', 'Regenerate: `python scripts/study2.py summary --tokens {}`. CE difference: entry - {}, nats/token, 95% CI from a paired bootstrap over test documents and the seeds both have; verdict for "the entry is better". The bootstrap covers test documents, not training noise: with one shared seed a difference counts only when its whole CI clears the largest seed-to-seed spread of one recipe in this folder ({:.4f} nats), else it reads inconclusive. Train FLOPs: the members\' training steps; other FLOPs: training-time work besides them (boosting\'s block scoring, synthetic generation and its cache, the learned router), teacher top-k cache excluded.'.format(tokens, ref, noise), '',
+          '| entry | seeds | test ppl | training domains | train FLOPs | other FLOPs | inference FLOPs/token | train s | CE diff vs independent [95% CI] | verdict |', '|---|---|---|---|---|---|---|---|---|---|']
     for r in rows:
         v = r.get('vs_independent')
         ci = f"{v['diff']:+.4f} [{v['lo']:+.4f}, {v['hi']:+.4f}] ({len(v['seeds'])} seed(s), {v['docs']} docs)" if v else ('reference' if r['entry'] == ref else 'n/a (no shared per-block data)')
         sd = f" ± {r['test_ppl_sd']:.2f}" if len(r['seeds']) > 1 else ''
-        md.append(f"| {r['entry']} | {','.join(map(str, r['seeds']))} | {r['test_ppl']:.2f}{sd} | {_fmt(r['in_domain_ppl'], 4)} | {_fmt(r['train_flops'])} | "
+        md.append(f"| {r['entry']} | {','.join(map(str, r['seeds']))} | {r['test_ppl']:.2f}{sd} | {_fmt(r['in_domain_ppl'], 4)} | {_fmt(r['train_flops'])} | {_fmt(r['overhead_flops']) if r['overhead_flops'] else ''} | "
                   f"{_fmt(r['inference_flops_per_token'])} | {_fmt(r['train_s'], 3)} | {ci} | {v['verdict'] if v else ''} |")
     scored = [r for r in rows if r.get('tasks')]
     if scored:
