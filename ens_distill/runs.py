@@ -150,7 +150,7 @@ def run_variant(cfg:RunConfig)->str:
     d, parts = RunConfig(), []
     if cfg.method == 'cbtm' and cfg.routing != d.routing: parts.append(cfg.routing)
     if cfg.method == 'boosting' and (cfg.boost_mode, cfg.boost_q) != (d.boost_mode, d.boost_q):
-        parts.append(f'{cfg.boost_mode}{cfg.boost_q:g}')
+        parts.append(f'{cfg.boost_mode}{cfg.boost_q:g}' if cfg.boost_mode == 'topq' else cfg.boost_mode)   # q only selects in top-q mode
     if cfg.method == 'ncl' and cfg.ncl_lambda != d.ncl_lambda: parts.append(f'lam{cfg.ncl_lambda:g}')
     if cfg.method == 'synthetic' and cfg.synthetic_frac != d.synthetic_frac: parts.append(f'mix{cfg.synthetic_frac:g}')   # synthetic share
     if cfg.objective != d.objective: parts.append(cfg.objective)
