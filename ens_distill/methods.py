@@ -125,7 +125,12 @@ def bagging(ctx:Context):
 @register('ncl', parallel=True)
 def ncl(ctx:Context):
     "All members on shared batches; KD term (1 - lambda) KL(t || member) + lambda KL(t || mixture)."
-    return fit_plan(ctx, Plan(_all(ctx, ctx.cfg.K), shared=True, ncl_lambda=ctx.cfg.ncl_lambda))
+    c = ctx.cfg
+    ens = build_members(ctx, c.K, c.seed)
+    if c.K > 1 and len({tuple(ls) for ls in getattr(ens, 'kept_layers', None) or [[k] for k in range(c.K)]}) == 1:
+        raise ConfigError(f"ncl: the {c.K} members are cut from the same {len(ens.kept_layers[0])} teacher layers and would see the same "
+                          f"batches, so they would stay identical copies; set prune_layers='offset' (a different layer subset per member)")
+    return fit_plan(ctx, Plan(_all(ctx, c.K), shared=True, ncl_lambda=c.ncl_lambda), ens=ens)
 
 # %% ../nbs/50_methods.ipynb #dfe2d4a3
 @register('single', ensemble=False)
