@@ -312,6 +312,7 @@ if __name__ == '__main__':
     p.add_argument('--tokens', type=int, default=0, help="tokens per member (0: the preset's)")
     p.add_argument('--preset', default='study', help='`smoke` checks the script in seconds')
     a = p.parse_args()
+    from ens_distill.core import one_line_errors; one_line_errors()   # bad input: one line that says what to fix
     tokens = a.tokens or get_config(a.preset).tokens_per_member
     for stage in a.stages:
         if stage in STEPS: run_step(stage, a.seeds, tokens, a.preset); continue
