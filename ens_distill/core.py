@@ -69,7 +69,7 @@ CHOICES = dict(
     dtype=['auto', 'fp32', 'bf16'],
     device=['auto', 'cpu', 'cuda'],
     combine=list(COMBINE_RULES),
-    prune_layers=['even', 'importance', 'offset'],
+    prune_layers=['even', 'importance', 'offset', 'importance_offset'],
     routing=['uniform', 'tfidf', 'learned'],
     boost_mode=['topq', 'weighted'],
 )
@@ -111,7 +111,7 @@ class RunConfig:
     size:str = 'xs' # member size preset (see `STUDENT_SIZES`)
     K:int = 4 # members in the ensemble
     init_from_teacher:bool = True # initialise member embeddings from the teacher's (projected; random-init sizes)
-    prune_layers:str = 'even' # pruned sizes p<L>: which L teacher layers ('even', 'importance', 'offset')
+    prune_layers:str = 'even' # pruned sizes p<L>: which L teacher layers ('even', 'importance', 'offset', 'importance_offset')
     calib_blocks:int = 32 # training blocks whose hidden states rank the layers for prune_layers='importance'
     share_embedding:bool = False # pruned sizes: the teacher's embedding / tied head frozen and held once for all members
     large_size:str = '' # single_large: the single student's size ('': the member cut with K x its layers)

@@ -29,17 +29,22 @@ def prune_depth(size:str)->int|None:
 
 def layer_choice(n:int, # the teacher's layers
                  L:int, # layers kept
-                 how:str='even', # 'even', 'importance' or 'offset'
-                 member:int=0, K:int=1, # which member of how many ('offset')
-                 scores=None)->list: # block influence of each layer [n] ('importance')
+                 how:str='even', # 'even', 'importance', 'offset' or 'importance_offset'
+                 member:int=0, K:int=1, # which member of how many ('offset', 'importance_offset')
+                 scores=None)->list: # block influence of each layer [n] ('importance', 'importance_offset')
     "The teacher layers member `member` keeps, in order."
     if not 1 <= L <= n: raise EnsDistillError(f"prune: cannot keep {L} of the teacher's {n} layers; pick p1..p{n}")
     if how == 'even': return sorted({int(round(x)) for x in np.linspace(0, n - 1, L)})
     if how == 'offset': return [int(math.floor((i + member / K) * n / L)) for i in range(L)]
-    if how == 'importance':
-        if scores is None: raise EnsDistillError("prune: 'importance' needs the layers' block influence scores")
-        return sorted(np.argsort(-np.asarray(scores, float), kind='stable')[:L].tolist())
-    raise EnsDistillError(f"prune: unknown layer choice {how!r}; choose 'even', 'importance' or 'offset'")
+    if how in ('importance', 'importance_offset'):
+        if scores is None: raise EnsDistillError(f"prune: {how!r} needs the layers' block influence scores")
+        rank = np.argsort(-np.asarray(scores, float), kind='stable').tolist()   # most influential first
+        if how == 'importance' or K == 1: return sorted(rank[:L])
+        s, cand = max(1, L // 4), rank[L - max(1, L // 4):]                  # member-own slots, the layers they come from
+        own = cand[member::K][:s]
+        own += [l for l in cand if l not in own][:s - len(own)]             # too few spare layers: fill from the rest
+        return sorted(rank[:L - s] + own)
+    raise EnsDistillError(f"prune: unknown layer choice {how!r}; choose 'even', 'importance', 'offset' or 'importance_offset'")
 
 # %% ../nbs/35_prune.ipynb #b5a1b2ca
 @torch.no_grad()
@@ -134,13 +139,13 @@ def prune_width(model, # a Llama causal LM (HF), e.g. already cut to its layers 
 def pruned_members(teacher, # the teacher (HF Llama, tied head)
                    size:str, # 'p<L>'
                    K:int, # members
-                   how:str='even', # 'even', 'importance' or 'offset'
+                   how:str='even', # 'even', 'importance', 'offset' or 'importance_offset'
                    calib:torch.Tensor|None=None, # calibration blocks for 'importance'
                    batch_size:int=8)->list:
     "K HF members cut from the teacher (copies): (models, the layers each keeps)."
     cut, n = parse_cut(size), teacher.config.num_hidden_layers
     if cut is None: raise EnsDistillError(f"prune: {size!r} is not a pruned size p<L>[f<F>][g<G>]")
-    scores = block_influence(teacher, calib, batch_size) if how == 'importance' else None
+    scores = block_influence(teacher, calib, batch_size) if how in ('importance', 'importance_offset') else None
     layers = [layer_choice(n, cut['layers'], how, k, K, scores) for k in range(K)]
     ms = [prune_layers(teacher, ls) for ls in layers]
     if cut['ffn'] or cut['groups']:                            # width: ranked on the whole teacher, kept per kept layer

@@ -48,8 +48,10 @@ PAIR = [('independent', {}), ('single_large', {})]
 CONTROLS = [('single_matched', {}), ('single', {})]
 METHODS = [('bagging', {}), ('cbtm', dict(routing='uniform')), ('cbtm', dict(routing='tfidf')), ('cbtm', dict(routing='learned')),
            ('boosting', dict(boost_mode='topq', boost_q=0.1)), ('boosting', dict(boost_mode='topq', boost_q=0.25)),
-           ('boosting', dict(boost_mode='weighted')), ('independent', dict(prune_layers='offset')),   # NCL's reference: its members start different
-           ('ncl', dict(ncl_lambda=0., prune_layers='offset')), ('ncl', dict(ncl_lambda=0.5, prune_layers='offset')), ('ncl', dict(ncl_lambda=1., prune_layers='offset')), ('raw', dict(K=1)), ('synthetic', {}), ('synthetic', dict(synthetic_frac=.5)),
+           ('boosting', dict(boost_mode='weighted')), ('independent', dict(prune_layers='offset')), ('ncl', dict(ncl_lambda=0., prune_layers='offset')),
+           ('independent', dict(prune_layers='importance_offset')),   # NCL's reference: members that start different, each near the importance cut
+           *[('ncl', dict(ncl_lambda=lam, prune_layers='importance_offset')) for lam in (0., .5, 1.)],
+           ('raw', dict(K=1)), ('synthetic', {}), ('synthetic', dict(synthetic_frac=.5)),
            ('teacher_ft', dict(K=1))]   # the two that spend teacher compute last
 OBJECTIVES = [dict(objective='rkl'), dict(objective='jsd'), dict(objective='skl')]   # for the best ensemble and `single` (`objective_runs`)
 STAGES = dict(refs=REFS, pair=PAIR, controls=CONTROLS, methods=METHODS, objectives=None)

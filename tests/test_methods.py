@@ -122,7 +122,7 @@ def test_members_pruned_from_the_teacher(tmp_path, cache):
     assert math.isfinite(imp['test_ppl'])
     with pytest.raises(Exception, match="config key 'size'"): get_config('smoke', size='xxl')
     with pytest.raises(Exception, match='p1..p2'): run_method(smoke(tmp_path, cache, method='raw', size='p3'), progress=False, verbose=False)
-    with pytest.raises(Exception, match="stay identical copies; set prune_layers='offset'"):   # shared batches + one layer subset: K copies
+    with pytest.raises(Exception, match="stay identical copies; set prune_layers='importance_offset'"):   # shared batches + one layer subset: K copies
         run_method(smoke(tmp_path, cache, method='ncl', size='p1', prune_layers='even'), progress=False, verbose=False)
-    nc = run_method(smoke(tmp_path, cache, method='ncl', size='p1', prune_layers='offset', ncl_lambda=.5), progress=False, verbose=False)
+    nc = run_method(smoke(tmp_path, cache, method='ncl', size='p1', prune_layers='importance_offset', ncl_lambda=.5), progress=False, verbose=False)
     assert nc['ensemble_gain'] > 0 and math.isfinite(nc['test_ppl'])

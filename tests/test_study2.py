@@ -85,11 +85,11 @@ def test_objectives_run_on_the_best_ensemble_chosen_once(tmp_path, monkeypatch):
     ens = [(m, x) for m, x in study2.PAIR + study2.METHODS if m in method_names(ensemble=True) and x.get('K', 2) > 1]
     paths = [run_path(study2.run_config(m, 0, 1024, x, 'smoke')) for m, x in ens]
     for i, ((m, x), p) in enumerate(zip(ens, paths)):
-        if i: fake_run(p.parent, m, K=2, test_ce=3.0 - (.1 if (m, x) == ('ncl', dict(ncl_lambda=.5, prune_layers='offset')) else 0), name=p.name)
+        if i: fake_run(p.parent, m, K=2, test_ce=3.0 - (.1 if (m, x) == ('ncl', dict(ncl_lambda=.5, prune_layers='importance_offset')) else 0), name=p.name)
     with pytest.raises(EnsDistillError, match='methods stage first'): study2.objective_runs(1024, 'smoke')   # independent unfinished
     fake_run(paths[0].parent, 'independent', K=2, test_ce=3.05, name=paths[0].name)
     runs = study2.objective_runs(1024, 'smoke')
-    assert runs[:3] == [('ncl', dict(ncl_lambda=.5, prune_layers='offset', objective=o)) for o in ('rkl', 'jsd', 'skl')] and runs[3] == ('single', dict(objective='rkl'))
+    assert runs[:3] == [('ncl', dict(ncl_lambda=.5, prune_layers='importance_offset', objective=o)) for o in ('rkl', 'jsd', 'skl')] and runs[3] == ('single', dict(objective='rkl'))
     fake_run(paths[0].parent, 'independent', K=2, test_ce=2.0, name=paths[0].name)   # a later change does not move the choice
-    assert study2.best_ensemble(1024, 'smoke') == ('ncl', dict(ncl_lambda=.5, prune_layers='offset'))
+    assert study2.best_ensemble(1024, 'smoke') == ('ncl', dict(ncl_lambda=.5, prune_layers='importance_offset'))
     assert json.loads((tmp_path/'runs'/'best_ensemble.json').read_text())['chosen_by'] == 'seed-0 test perplexity'
