@@ -126,9 +126,9 @@ def bagging(ctx:Context):
 def ncl(ctx:Context):
     "All members on shared batches; KD term (1 - lambda) KL(t || member) + lambda KL(t || mixture)."
     c = ctx.cfg
-    ens = build_members(ctx, c.K, c.seed)
-    if c.K > 1 and len({tuple(ls) for ls in getattr(ens, 'kept_layers', None) or [[k] for k in range(c.K)]}) == 1:
-        raise ConfigError(f"ncl: the {c.K} members are cut from the same {len(ens.kept_layers[0])} teacher layers and would see the same "
+    ens = build_members(ctx, c.K, c.seed); kept = getattr(ens, 'kept_layers', None)   # pruned members: the layers of each
+    if c.K > 1 and kept and len({tuple(ls) for ls in kept}) == 1:
+        raise ConfigError(f"ncl: the {c.K} members are cut from the same {len(kept[0])} teacher layers and would see the same "
                           f"batches, so they would stay identical copies; set prune_layers='importance_offset' (a different layer subset per member)")
     return fit_plan(ctx, Plan(_all(ctx, c.K), shared=True, ncl_lambda=c.ncl_lambda), ens=ens)
 

@@ -40,7 +40,7 @@ def layer_choice(n:int, # the teacher's layers
         if scores is None: raise EnsDistillError(f"prune: {how!r} needs the layers' block influence scores")
         rank = np.argsort(-np.asarray(scores, float), kind='stable').tolist()   # most influential first
         if how == 'importance' or K == 1: return sorted(rank[:L])
-        s, cand = max(1, L // 4), rank[L - max(1, L // 4):]                  # member-own slots, the layers they come from
+        s = max(1, L // 4); cand = rank[L - s:]                             # member-own slots, the layers they come from
         own = cand[member::K][:s]
         own += [l for l in cand if l not in own][:s - len(own)]             # too few spare layers: fill from the rest
         return sorted(rank[:L - s] + own)
